@@ -1,0 +1,38 @@
+"""Everything needed to build an engine, validated when built (the CLI maps its flags onto this)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class EngineArgs:
+    model: str = "smollm2-135m-instruct"  # catalog name or path to a .gguf file
+    served_model_name: str | None = None  # id reported by /v1/models; default: the model's name
+    device: str = "auto"
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 512
+    block_size: int = 16
+    max_model_len: int | None = None  # default: the model's context length
+    kv_cache_memory: int | None = None  # bytes for the KV pool; default: a fraction of free memory
+    gpu_memory_utilization: float = 0.90
+    enable_prefix_caching: bool = True
+    seed: int = 0  # seeds requests that give no seed, so a server run is reproducible
+    pull_if_missing: bool = True
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.max_num_seqs < 1:
+            raise ValueError("max_num_seqs must be >= 1")
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ValueError("block_size must be a power of two")
+        if self.max_num_batched_tokens < self.block_size:
+            raise ValueError("max_num_batched_tokens must be >= block_size")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ValueError("max_model_len must be >= 1")
+        if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
+            raise ValueError("kv_cache_memory must be a positive number of bytes")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError("gpu_memory_utilization must be in (0, 1]")
