@@ -50,11 +50,20 @@ def top_logprobs(
 ) -> tuple[np.ndarray, np.ndarray]:  # (ids [num_seqs, k] int64, values [num_seqs, k] float32)
     """The k best entries of each row, best first; equal values are ranked lower id first.
 
-    A stable sort of the negated row gives exactly that order. k is clamped to vocab_size.
+    k is clamped to vocab_size.
     """
-    k = min(max(int(k), 0), logprobs.shape[-1])
-    order = np.argsort(-logprobs, axis=-1, kind="stable")[:, :k]
-    return order.astype(np.int64, copy=False), np.take_along_axis(logprobs, order, axis=-1)
+    num_seqs, vocab_size = logprobs.shape
+    k = min(max(int(k), 0), vocab_size)
+    ids = np.zeros((num_seqs, k), np.int64)
+    if k == 0:
+        return ids, np.zeros((num_seqs, 0), np.float32)
+    # A partition finds each row's k-th value in O(vocab); only the few candidates >= it are sorted.
+    kth_value = np.partition(logprobs, vocab_size - k, axis=-1)[:, vocab_size - k]
+    for row in range(num_seqs):
+        candidates = np.flatnonzero(logprobs[row] >= kth_value[row])
+        best_first = np.lexsort((candidates, -logprobs[row, candidates]))  # value desc, then id asc
+        ids[row] = candidates[best_first[:k]]
+    return ids, np.take_along_axis(logprobs, ids, axis=-1)
 
 
 def greedy(
@@ -149,10 +158,12 @@ def apply_top_k(
     active = np.flatnonzero((top_k > 0) & (top_k < vocab_size))
     if active.size == 0:
         return logits
-    rows = logits[active]
-    descending = -np.sort(-rows, axis=-1)
-    kth_value = np.take_along_axis(descending, (top_k[active] - 1)[:, None].astype(np.int64), axis=-1)
-    logits[active] = np.where(rows >= kth_value, rows, NEG_INF)
+    # One O(vocab) partition per distinct k rather than a full sort of every row.
+    for k in np.unique(top_k[active]):
+        rows_k = active[top_k[active] == k]
+        rows = logits[rows_k]
+        kth_value = np.partition(rows, vocab_size - int(k), axis=-1)[:, vocab_size - int(k), None]
+        logits[rows_k] = np.where(rows >= kth_value, rows, NEG_INF)
     return logits
 
 

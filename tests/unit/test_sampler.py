@@ -78,6 +78,7 @@ def test_softmax_gives_zero_to_masked_tokens():
 
 def test_top_logprobs_sorted_best_first_lower_id_wins_ties():
     logprobs = np.round(random_logits(2), 0)  # many ties
+    assert ops.top_logprobs(logprobs, 0)[0].shape == (len(logprobs), 0)
     ids, values = ops.top_logprobs(logprobs, 7)
     for row, row_ids, row_values in zip(logprobs, ids, values):
         expected = sorted(range(VOCAB), key=lambda t: (-row[t], t))[:7]
