@@ -1,9 +1,12 @@
 """GGUF key/value metadata as plain Python values (str, int, float, bool, lists of those)."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from gguf import GGUFReader, GGUFValueType
+
+from .gguf_loader import GGUFFile
 
 
 def field_value(field: Any) -> Any:
@@ -25,10 +28,12 @@ def field_value(field: Any) -> Any:
 
 
 def metadata_from_reader(reader: GGUFReader) -> dict[str, Any]:
+    """Metadata of an already-open `gguf.GGUFReader` (slow to open; kept for callers that have
+    one, and as the cross-check for our own parser)."""
     return {name: field_value(f) for name, f in reader.fields.items() if not name.startswith("GGUF.")}
 
 
-def read_metadata(path: str) -> dict[str, Any]:
-    """All metadata of a GGUF file. Raises whatever `gguf` raises on a corrupt file; the loader
-    (`runtime.gguf_loader`) wraps this with validation and clear messages."""
-    return metadata_from_reader(GGUFReader(path, "r"))
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """All metadata of a GGUF file, parsed by our fast header reader (`runtime.gguf_loader`).
+    Raises `GGUFError` (a ValueError) naming the file on a corrupt or unsupported file."""
+    return GGUFFile.open(path).metadata
