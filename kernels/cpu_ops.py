@@ -1,0 +1,90 @@
+"""The CPU op set: the NumPy reference kernels behind the backend-neutral op API.
+
+Every backend exposes the same attributes (see `kernels.get_ops`): array module `xp`, weight
+loading, the model ops, sampling helpers, and memory management with the backend's OOM error.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .reference import activation, attention, norm, rope
+from .reference import linear as linear_ops
+
+
+class DeviceOutOfMemory(MemoryError):
+    """The backend could not allocate device memory (on CPU: only raised by fault injection)."""
+
+
+class CpuOps:
+    name = "cpu"
+    xp = np
+    OutOfMemoryError: type[BaseException] = DeviceOutOfMemory
+
+    # Model ops (signatures and shapes documented on the reference functions).
+    rms_norm = staticmethod(norm.rms_norm)
+    add_rms_norm = staticmethod(norm.add_rms_norm)
+    head_rms_norm = staticmethod(norm.head_rms_norm)
+    layer_norm = staticmethod(norm.layer_norm)
+    rope_cos_sin = staticmethod(rope.rope_cos_sin)
+    apply_rope = staticmethod(rope.apply_rope)
+    swiglu = staticmethod(activation.swiglu)
+    geglu = staticmethod(activation.geglu)
+    gelu = staticmethod(activation.gelu_tanh)
+    write_kv = staticmethod(attention.write_kv)
+    paged_attention = staticmethod(attention.paged_attention)
+    load_weight = staticmethod(linear_ops.load_weight)
+    can_fuse = staticmethod(linear_ops.can_fuse)
+    linear = staticmethod(linear_ops.linear)
+    embedding = staticmethod(linear_ops.embedding)
+
+    def __init__(self) -> None:
+        # Fault injection for OOM-recovery tests: the Nth step allocation after start raises.
+        self._alloc_count = 0
+        self._fail_at = int(os.environ.get("CUPYSERVE_FAULT_OOM_AT_ALLOC", "0") or 0)
+
+    def asarray(self, host_array: np.ndarray, dtype=None) -> np.ndarray:
+        """Resident data (weights): a device copy of a host array."""
+        return np.asarray(host_array, dtype=dtype)
+
+    def upload(self, host_array: np.ndarray) -> np.ndarray:
+        """Step-scoped input: counted by fault injection like any step allocation."""
+        self.check_alloc()
+        return host_array
+
+    def to_host(self, array: np.ndarray) -> np.ndarray:
+        return np.asarray(array)
+
+    def empty(self, shape, dtype) -> np.ndarray:
+        self.check_alloc()
+        return np.empty(shape, dtype=dtype)
+
+    def zeros(self, shape, dtype) -> np.ndarray:
+        self.check_alloc()
+        return np.zeros(shape, dtype=dtype)
+
+    def check_alloc(self) -> None:
+        """Count one step-scoped allocation; raise the backend OOM error when fault injection says."""
+        self._alloc_count += 1
+        if self._fail_at and self._alloc_count == self._fail_at:
+            raise DeviceOutOfMemory(f"injected out-of-memory at allocation {self._alloc_count}")
+
+    def set_fault_injection(self, fail_at_alloc: int) -> None:
+        self._alloc_count = 0
+        self._fail_at = fail_at_alloc
+
+    def synchronize(self) -> None:
+        return None
+
+    def memory_info(self) -> tuple[int, int]:
+        """(free, total) bytes of the memory the backend allocates from."""
+        try:
+            with open("/proc/meminfo") as f:
+                info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+            return info.get("MemAvailable", 0), info.get("MemTotal", 0)
+        except OSError:
+            return 0, 0
+
+    def release_cached_memory(self) -> None:
+        return None

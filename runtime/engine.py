@@ -1,0 +1,306 @@
+"""The synchronous engine core: load a model, admit requests, run steps, emit deltas.
+
+`LLMEngine` is single-threaded (the async wrapper in `runtime.async_engine` runs it on its own
+thread). One `step()` = schedule a ragged batch -> model forward -> sample -> stop checks.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from ..kernels import cuda_available, get_ops
+from .block_manager import BlockManager
+from .catalog import resolve_model
+from .detokenizer import IncrementalDetokenizer, StopStringMatcher
+from .engine_args import EngineArgs
+from .gguf_loader import GGUFFile
+from .kv_cache import DEFAULT_CPU_KV_BYTES, KVCache, bytes_per_block, plan_num_blocks
+from .log import ProgressBar, log_event
+from .metrics import engine_metrics
+from .model_runner import ModelRunner
+from .models import load_model, resolve_model_config
+from .outputs import EngineError, StepOutput, TokenLogprob
+from .request_state import RequestState
+from .sampler import Sampler, make_generator
+from .sampling_params import SamplingParams
+from .scheduler import RequestTooLarge, Scheduler
+from .scheduler_config import SchedulerConfig
+from .sequence import Sequence
+from .tokenizer import Tokenizer
+
+
+def pick_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    return requested
+
+
+class LLMEngine:
+    def __init__(self, args: EngineArgs) -> None:
+        self.args = args
+        self.device = pick_device(args.device)
+        path = resolve_model(args.model, pull_if_missing=args.pull_if_missing)
+        self.model_path = path
+        log_event("model_load_start", model=str(path), device=self.device)
+        load_start = time.monotonic()
+        self.gguf = GGUFFile.open(path)
+        self.tokenizer = Tokenizer.from_gguf_metadata(self.gguf.metadata)
+        self.ops = get_ops(self.device)
+        self.model = load_model(self.gguf, self.ops, self._progress_reporter())
+        self.config = self.model.config
+        self.model_name = args.served_model_name or path.name.removesuffix(".gguf")
+        self.max_model_len = min(args.max_model_len or self.config.context_length,
+                                 self.config.context_length)
+        self.kv_cache = KVCache.allocate(self.config, self.ops, self._plan_kv_blocks(), args.block_size)
+        self.block_manager = BlockManager(self.kv_cache.num_blocks, args.block_size,
+                                          args.enable_prefix_caching)
+        max_num_batched_tokens = max(args.max_num_batched_tokens, args.max_num_seqs)
+        self.scheduler = Scheduler(
+            SchedulerConfig(max_num_seqs=args.max_num_seqs,
+                            max_num_batched_tokens=max_num_batched_tokens,
+                            max_model_len=self.max_model_len, block_size=args.block_size),
+            self.block_manager,
+        )
+        self.runner = ModelRunner(self.model, self.ops, self.kv_cache)
+        self.sampler = Sampler(self.config.vocab_size)
+        self.metrics = engine_metrics()
+        self.metrics.model_info.labels(model=self.model_name, family=self.config.family,
+                                       quant_kind=self.quant_kind, device=self.device).set(1)
+        self.requests: dict[str, RequestState] = {}
+        self.num_requests_seen = 0
+        log_event("model_load_complete", model=self.model_name, family=self.config.family,
+                  device=self.device, seconds=round(time.monotonic() - load_start, 3),
+                  weight_bytes=self.model.num_weight_bytes, kv_blocks=self.kv_cache.num_blocks,
+                  kv_bytes=self.kv_cache.num_bytes)
+
+    # ------------------------------------------------------------------ setup helpers
+
+    def _progress_reporter(self):
+        bar = ProgressBar("loading model", 100)
+        next_percent = [0]
+
+        def report(done: int, total: int) -> None:
+            percent = 100 * done // total
+            bar.update(percent)
+            while next_percent[0] <= percent and next_percent[0] <= 100:
+                log_event("model_load_progress", percent=next_percent[0])
+                next_percent[0] += 25
+
+        return report
+
+    def _plan_kv_blocks(self) -> int:
+        budget = self.args.kv_cache_memory
+        if budget is None:
+            free, _total = self.ops.memory_info()
+            if self.device == "cpu":
+                budget = min(DEFAULT_CPU_KV_BYTES, free // 4) if free else DEFAULT_CPU_KV_BYTES
+            else:
+                budget = int(free * self.args.gpu_memory_utilization) - (256 << 20)
+        needed = -(-self.max_model_len // self.args.block_size) * self.args.max_num_seqs
+        per_block = bytes_per_block(self.config, self.args.block_size)
+        # No point reserving more than every admitted sequence at full context could use.
+        return min(plan_num_blocks(self.config, self.args.block_size, budget), max(needed, 1),
+                   max(budget // per_block, 1))
+
+    @property
+    def quant_kind(self) -> str:
+        counts: dict[str, int] = {}
+        for info in self.gguf.tensors.values():
+            name = getattr(info.ggml_type, "name", str(info.ggml_type))
+            counts[name] = counts.get(name, 0) + info.num_bytes
+        return "+".join(sorted(counts, key=lambda n: -counts[n]))
+
+    # ------------------------------------------------------------------ requests
+
+    def check_admissible(self, num_prompt_tokens: int, params: SamplingParams) -> None:
+        """Raise RequestTooLarge when the request could never run (thread-safe: pure arithmetic)."""
+        if num_prompt_tokens == 0:
+            raise RequestTooLarge("the prompt is empty")
+        total = num_prompt_tokens + params.max_tokens
+        if total > self.max_model_len:
+            raise RequestTooLarge(
+                f"this model's maximum context length is {self.max_model_len} tokens; the request "
+                f"has {num_prompt_tokens} prompt tokens and asks for {params.max_tokens} more")
+        blocks = -(-total // self.args.block_size)
+        if blocks > self.kv_cache.num_blocks:
+            raise RequestTooLarge(
+                f"request needs {blocks} KV blocks ({total} tokens) but the cache holds "
+                f"{self.kv_cache.num_blocks} blocks of {self.args.block_size} tokens")
+
+    def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+                    correlation_id: str | None = None) -> None:
+        self.check_admissible(len(prompt_ids), params)
+        seq = Sequence(request_id=request_id, prompt_ids=list(prompt_ids), params=params)
+        rng = None
+        if not params.is_greedy:
+            rng = make_generator(params.seed, server_seed=self.args.seed,
+                                 request_index=self.num_requests_seen,
+                                 choice_index=int(params.extra.get("choice_index", 0)))
+        self.num_requests_seen += 1
+        state = RequestState(
+            seq=seq,
+            detokenizer=IncrementalDetokenizer(self.tokenizer, params.skip_special_tokens),
+            stop_matcher=StopStringMatcher(params.stop),
+            eos_ids=frozenset(self.tokenizer.eos_ids),
+            rng=rng,
+            max_model_len=self.max_model_len,
+            correlation_id=correlation_id,
+        )
+        if params.prompt_logprobs is not None:
+            state.prompt_logprobs = [None]
+        self.scheduler.add(seq)
+        self.requests[request_id] = state
+        self.metrics.prefix_cache_queries.inc(0)
+
+    def abort_request(self, request_id: str) -> StepOutput | None:
+        """Cancel a request; returns its final output, or None when it is unknown or finished."""
+        state = self.requests.pop(request_id, None)
+        if state is None:
+            return None
+        self.scheduler.abort(request_id)
+        out = state.finish("cancelled")
+        self._record_finish(state, "cancelled")
+        return state.take_output() or out
+
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    # ------------------------------------------------------------------ the step
+
+    def step(self) -> list[StepOutput]:
+        """Run one batch; returns the deltas produced (finished requests included)."""
+        output = self.scheduler.schedule()
+        for seq in output.preempted:
+            self.metrics.num_preemptions.inc()
+        if output.is_empty:
+            self._update_gauges()
+            return []
+        entries = output.scheduled
+        states = [self.requests[e.request_id] for e in entries]
+        now = time.monotonic()
+        for entry, state in zip(entries, states):
+            if state.first_scheduled_time is None:
+                state.first_scheduled_time = now
+                self.metrics.request_queue_time.observe(now - state.arrival_time)
+                self.metrics.prefix_cache_queries.inc(entry.seq.num_prompt_tokens)
+                self.metrics.prefix_cache_hits.inc(entry.seq.num_cached_tokens)
+        wants_all = [s.prompt_logprobs is not None and e.start_position < e.seq.num_prompt_tokens
+                     for e, s in zip(entries, states)]
+        try:
+            step_logits = self.runner.execute(entries, wants_all)
+        except self.ops.OutOfMemoryError as exc:
+            return self._fail_step(states, exc)
+        self.metrics.prompt_tokens.inc(sum(e.num_tokens for e in entries if e.is_prefill))
+        sampling = [(i, e) for i, e in enumerate(entries) if e.is_sampling]
+        for i, entry in enumerate(entries):
+            if wants_all[i]:
+                self._collect_prompt_logprobs(states[i], entry, step_logits.logits[step_logits.rows[i]])
+        sampled: dict[str, int | None] = {}
+        if sampling:
+            rows = np.stack([step_logits.logits[step_logits.rows[i]][-1] for i, _ in sampling])
+            results = self.sampler.sample(rows, [states[i] for i, _ in sampling])
+            for (i, entry), result in zip(sampling, results):
+                sampled[entry.request_id] = result.token_id
+        logprob_by_id = {}
+        if sampling:
+            logprob_by_id = {entry.request_id: r.logprob for (_, entry), r in zip(sampling, results)}
+        outputs: list[StepOutput] = []
+        for seq in self.scheduler.update(output, sampled):
+            state = self.requests[seq.request_id]
+            token_id = seq.output_ids[-1]
+            if state.last_token_time is not None:
+                self.metrics.inter_token_latency.observe(time.monotonic() - state.last_token_time)
+            elif state.arrival_time is not None:
+                self.metrics.time_to_first_token.observe(time.monotonic() - state.arrival_time)
+            self.metrics.generation_tokens.inc()
+            reason = state.on_token(token_id, logprob_by_id.get(seq.request_id))
+            if reason is not None:
+                self.scheduler.finish(seq, reason)
+                state.finish(reason)
+                self._record_finish(state, reason)
+                del self.requests[seq.request_id]
+            out = state.take_output()
+            if out is not None:
+                outputs.append(out)
+        self._update_gauges()
+        return outputs
+
+    def _collect_prompt_logprobs(self, state: RequestState, entry, logits: np.ndarray) -> None:
+        """Row j of the chunk predicts the token at position start + j + 1."""
+        prompt = entry.seq.prompt_ids
+        top_n = state.seq.params.prompt_logprobs or 0
+        for j in range(logits.shape[0]):
+            target = entry.start_position + j + 1
+            if target >= len(prompt) or target < len(state.prompt_logprobs):
+                continue
+            row = logits[j].astype(np.float64)
+            row = row - row.max()
+            logprobs = row - np.log(np.exp(row).sum())
+            top_ids = np.argsort(-logprobs, kind="stable")[:top_n]
+            state.prompt_logprobs.append(TokenLogprob(
+                token_id=prompt[target], logprob=float(logprobs[prompt[target]]),
+                top=tuple((int(t), float(logprobs[t])) for t in top_ids)))
+
+    def _fail_step(self, states: list[RequestState], exc: BaseException) -> list[StepOutput]:
+        """A device OOM inside the step: fail only this step's requests, free their memory."""
+        log_event("error", kind="vram_oom", message=str(exc),
+                  request_ids=[s.request_id for s in states])
+        self.metrics.oom_recoveries.inc()
+        error = EngineError(message=f"out of device memory while running this request: {exc}",
+                            code="vram_oom", status=500)
+        outputs = []
+        for state in states:
+            self.scheduler.finish(state.seq, "error")
+            state.finish("error", error)
+            self._record_finish(state, "error")
+            self.requests.pop(state.request_id, None)
+            outputs.append(state.take_output())
+        self.ops.release_cached_memory()
+        self._update_gauges()
+        return outputs
+
+    def _record_finish(self, state: RequestState, reason: str) -> None:
+        now = time.monotonic()
+        self.metrics.request_success.labels(finished_reason=reason).inc()
+        self.metrics.e2e_request_latency.observe(now - state.arrival_time)
+        ttft = None if state.first_token_time is None else state.first_token_time - state.arrival_time
+        log_event("request_end", request_id=state.request_id, correlation_id=state.correlation_id,
+                  prompt_tokens=state.seq.num_prompt_tokens, output_tokens=len(state.seq.output_ids),
+                  cached_tokens=state.seq.num_cached_tokens,
+                  ttft=None if ttft is None else round(ttft, 6),
+                  duration=round(now - state.arrival_time, 6), finish_reason=reason)
+
+    def _update_gauges(self) -> None:
+        self.metrics.num_requests_running.set(self.scheduler.num_running)
+        self.metrics.num_requests_waiting.set(self.scheduler.num_waiting)
+        self.metrics.kv_cache_usage_perc.set(self.block_manager.usage)
+
+    # ------------------------------------------------------------------ introspection
+
+    def health(self) -> dict[str, Any]:
+        free_blocks = self.block_manager.num_free_blocks
+        return {
+            "family": self.config.family,
+            "architecture": self.config.architecture,
+            "quant_kind": self.quant_kind,
+            "device": self.device,
+            "resident": self.device == "cpu" or getattr(self.ops, "is_resident", lambda: True)(),
+            "vram_bytes_used": getattr(self.ops, "bytes_in_use", lambda: 0)(),
+            "kv_blocks_total": self.kv_cache.num_blocks,
+            "kv_blocks_free": free_blocks,
+            "kv_block_size": self.args.block_size,
+            "tokenizer_kind": self.tokenizer.kind,
+            "vocab_size": self.config.vocab_size,
+            "context_length": self.max_model_len,
+            "num_requests_running": self.scheduler.num_running,
+            "num_requests_waiting": self.scheduler.num_waiting,
+        }
+
+
+def build_engine(args: EngineArgs):
+    """Load the model and wrap it in the threaded async engine (the server calls `.start()`)."""
+    from .async_engine import AsyncEngine
+
+    return AsyncEngine(LLMEngine(args))

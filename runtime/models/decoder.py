@@ -1,0 +1,134 @@
+"""A decoder-only transformer driven by a family's switches, on any backend's op set.
+
+Families that need more than switches (gemma's scaled embeddings, extra norms, ...) subclass
+`DecoderModel` and override the small hooks (`embed`, `attention_block`, `ffn_block`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ...kernels.batch import AttentionBatch
+from .config import ModelConfig
+from .family import FamilyConfig
+from .weights import LayerWeights, ProgressCallback, WeightLoader
+
+
+class DecoderModel:
+    def __init__(self, config: ModelConfig, family: FamilyConfig, gguf_file: Any, ops: Any,
+                 on_progress: ProgressCallback | None = None) -> None:
+        self.config = config
+        self.family = family
+        self.ops = ops
+        loader = WeightLoader(gguf_file, ops)
+        self.layers = []
+        for index in range(config.num_layers):
+            self.layers.append(self._load_layer(loader, index))
+            if on_progress:
+                on_progress(index + 1, config.num_layers)
+        names = {s.role: s.name for s in family.global_tensors}
+        self.token_embd = loader.matrix([names["token_embd"]])
+        self.output_norm = loader.vector(names["output_norm"])
+        output_name = names.get("output")
+        self.is_output_tied = not (output_name and loader.has(output_name))
+        self.output = self.token_embd if self.is_output_tied else loader.matrix([output_name])
+        rope_freqs_name = names.get("rope_freqs")
+        self.rope_freq_factors = (
+            ops.to_host(loader.vector(rope_freqs_name))
+            if rope_freqs_name and loader.has(rope_freqs_name) else None
+        )
+        self.num_weight_bytes = loader.num_bytes_loaded
+
+    # ---- loading -------------------------------------------------------------------------
+
+    def _load_layer(self, loader: WeightLoader, index: int) -> LayerWeights:
+        names = {s.role: s.name.format(i=index) for s in self.family.layer_tensors}
+        weights = LayerWeights()
+        for role, name in names.items():
+            if loader.has(name) and len(loader.gguf.tensors[name].shape) == 1:  # norms, biases
+                weights.tensors[role] = loader.vector(name)
+        qkv_roles = ["attn_q", "attn_k", "attn_v"] if "attn_q" in names else []
+        if qkv_roles:
+            weights.tensors["attn_qkv"] = loader.matrix([names[r] for r in qkv_roles])
+            biases = [weights.get(f"{r}_bias") for r in qkv_roles]
+            if any(b is not None for b in biases):
+                weights.tensors["attn_qkv_bias"] = self.ops.xp.concatenate(biases)
+        elif "attn_qkv" in names:
+            weights.tensors["attn_qkv"] = loader.matrix([names["attn_qkv"]])
+        weights.tensors["attn_output"] = loader.matrix([names["attn_output"]])
+        if "ffn_gate" in names:
+            weights.tensors["ffn_gate_up"] = loader.matrix([names["ffn_gate"], names["ffn_up"]])
+        else:
+            weights.tensors["ffn_up"] = loader.matrix([names["ffn_up"]])
+        weights.tensors["ffn_down"] = loader.matrix([names["ffn_down"]])
+        return weights
+
+    # ---- forward -------------------------------------------------------------------------
+
+    def forward(
+        self,
+        token_ids: Any,  # [num_tokens] int32 on the device
+        batch: AttentionBatch,
+        kv_caches: list[tuple[Any, Any]],  # per layer (k_cache, v_cache)
+        logits_indices: Any,  # [num_logits] int: rows of the batch whose logits are wanted
+    ) -> Any:  # [num_logits, vocab_size] float32 on the device
+        cfg, ops = self.config, self.ops
+        hidden = self.embed(token_ids)
+        cos, sin = ops.rope_cos_sin(batch.positions, cfg.rope_dim, cfg.rope_theta,
+                                    self.rope_freq_factors)
+        residual = None
+        for index, layer in enumerate(self.layers):
+            if residual is None:
+                residual = hidden
+                normed = self.norm(hidden, layer["attn_norm"])
+            else:
+                normed, residual = self.add_norm(hidden, residual, layer["attn_norm"])
+            hidden = self.attention_block(layer, normed, cos, sin, batch, kv_caches[index])
+            normed, residual = self.add_norm(hidden, residual, layer["ffn_norm"])
+            hidden = self.ffn_block(layer, normed)
+        hidden = hidden[logits_indices] + residual[logits_indices]
+        return ops.linear(self.norm(hidden, self.output_norm), self.output)
+
+    def embed(self, token_ids: Any) -> Any:  # -> [num_tokens, hidden] float32
+        return self.ops.embedding(self.token_embd, token_ids)
+
+    def norm(self, x: Any, weight: Any) -> Any:
+        return self.ops.rms_norm(x, weight, self.config.norm_eps)
+
+    def add_norm(self, x: Any, residual: Any, weight: Any) -> tuple[Any, Any]:
+        return self.ops.add_rms_norm(x, residual, weight, self.config.norm_eps)
+
+    def attention_block(self, layer: LayerWeights, x: Any, cos: Any, sin: Any,
+                        batch: AttentionBatch, kv_cache: tuple[Any, Any]) -> Any:
+        cfg, ops = self.config, self.ops
+        num_tokens = x.shape[0]
+        qkv = ops.linear(x, layer["attn_qkv"], layer.get("attn_qkv_bias"))
+        q = qkv[:, : cfg.q_size].reshape(num_tokens, cfg.num_heads, cfg.head_dim)
+        k = qkv[:, cfg.q_size : cfg.q_size + cfg.kv_size].reshape(num_tokens, cfg.num_kv_heads, cfg.head_dim)
+        v = qkv[:, cfg.q_size + cfg.kv_size :].reshape(num_tokens, cfg.num_kv_heads, cfg.head_dim)
+        q, k = self.qk_transform(layer, q, k, cos, sin)
+        k_cache, v_cache = kv_cache
+        ops.write_kv(k_cache, v_cache, k, v, batch.slot_mapping)
+        attended = ops.paged_attention(q, k_cache, v_cache, batch, cfg.attention_scale,
+                                       **self.attention_options(layer))
+        return ops.linear(attended.reshape(num_tokens, cfg.q_size), layer["attn_output"])
+
+    def qk_transform(self, layer: LayerWeights, q: Any, k: Any, cos: Any, sin: Any) -> tuple[Any, Any]:
+        style = self.config.rope_style
+        return self.ops.apply_rope(q, cos, sin, style), self.ops.apply_rope(k, cos, sin, style)
+
+    def attention_options(self, layer: LayerWeights) -> dict[str, Any]:
+        return {}
+
+    def ffn_block(self, layer: LayerWeights, x: Any) -> Any:
+        ops = self.ops
+        if self.config.activation == "swiglu":
+            return ops.linear(ops.swiglu(ops.linear(x, layer["ffn_gate_up"])), layer["ffn_down"])
+        if self.config.activation == "geglu":
+            return ops.linear(ops.geglu(ops.linear(x, layer["ffn_gate_up"])), layer["ffn_down"])
+        return ops.linear(ops.gelu(ops.linear(x, layer["ffn_up"])), layer["ffn_down"])
+
+
+def host_int_array(values, dtype=np.int32) -> np.ndarray:
+    return np.asarray(values, dtype=dtype)
