@@ -145,18 +145,20 @@ class Tokenizer:
         return self._checked(token_id) in self._skippable_ids
 
     def decode_bytes(self, ids: Iterable[int], skip_special_tokens: bool = False) -> bytes:
+        """Concatenated raw bytes of `ids` (control tokens dropped with skip_special_tokens)."""
+        ids = list(ids)
+        if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):
+            bad = next(i for i in ids if not 0 <= i < self.vocab_size)
+            raise ValueError(f"token id {bad!r} is outside the vocabulary of {self.vocab_size}")
         table = self._token_bytes
-        skipped = self._skippable_ids if skip_special_tokens else frozenset()
-        try:
+        if skip_special_tokens:
+            skipped = self._skippable_ids
             return b"".join(table[i] for i in ids if i not in skipped)
-        except (IndexError, TypeError):
-            bad = next(i for i in ids if not (isinstance(i, int) and 0 <= i < self.vocab_size))
-            raise ValueError(f"token id {bad!r} is outside the vocabulary of {self.vocab_size}") from None
+        return b"".join(table[i] for i in ids)
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         """Text of `ids`: the concatenated token bytes as UTF-8 (invalid sequences -> U+FFFD).
         No clean-up of spaces is applied, so the text is exactly what the tokens spell."""
-        ids = list(ids)
         return self.decode_bytes(ids, skip_special_tokens).decode("utf-8", errors="replace")
 
     def _checked(self, token_id: int) -> int:

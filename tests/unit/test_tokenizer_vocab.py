@@ -115,6 +115,8 @@ def test_token_bytes_undo_the_byte_level_map(tokenizers):
     assert not gpt2.is_special(space_hello[0])
     with pytest.raises(ValueError, match="outside the vocabulary"):
         gpt2.token_bytes(50257)
+    with pytest.raises(ValueError, match="-1 is outside the vocabulary"):
+        gpt2.decode(iter([space_hello[0], -1]))
 
 
 def test_unknown_pre_tokenizer_is_a_clear_error(metadata):
