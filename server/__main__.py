@@ -1,0 +1,6 @@
+"""`python -m cupyserve.server ...` is the `cupyserve` command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())
