@@ -1,0 +1,97 @@
+"""The real server as a subprocess, shared by every e2e test of the session.
+
+Started with `python -m cupyserve.server serve --device cpu` on a free port with the real
+SmolLM2 file; torn down with SIGTERM, which must end it with exit code 0 (graceful shutdown).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+STARTUP_TIMEOUT_S = 180.0  # model load on a busy 2-core CPU
+SHUTDOWN_TIMEOUT_S = 45.0
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    url: str
+    model: str  # the id /v1/models reports
+    process: subprocess.Popen
+    log_path: Path
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_until_healthy(url: str, process: subprocess.Popen, log_path: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} during startup:\n"
+                               f"{log_path.read_text(errors='replace')[-4000:]}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"server not healthy after {STARTUP_TIMEOUT_S} s:\n"
+                       f"{log_path.read_text(errors='replace')[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def server(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> RunningServer:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("CUPYSERVE_API_KEY", None)
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cupyserve.server", "serve", "--model", str(smollm2_gguf),
+             "--port", str(port), "--device", "cpu", "--max-model-len", "2048",
+             "--kv-cache-memory", "64MiB", "--shutdown-grace-seconds", "5"],
+            stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    try:
+        _wait_until_healthy(url, process, log_path)
+        model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
+        running = RunningServer(url, model, process, log_path)
+        yield running
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(SHUTDOWN_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                raise AssertionError(f"server ignored SIGTERM for {SHUTDOWN_TIMEOUT_S} s")
+    assert process.returncode == 0, (f"server exited with {process.returncode}:\n"
+                                     f"{log_path.read_text(errors='replace')[-4000:]}")
+
+
+@pytest.fixture()
+def http(server: RunningServer):
+    with httpx.Client(base_url=server.url, timeout=120.0) as client:
+        yield client
+
+
+@pytest.fixture()
+def openai_client(server: RunningServer):
+    openai = pytest.importorskip("openai")
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120.0)
