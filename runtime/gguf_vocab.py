@@ -7,7 +7,11 @@ What llama.cpp adds beyond the raw keys, mirrored here because the reference ids
   CONTROL even when the file says otherwise, and join the set of ids that stop generation;
 - `eot` is found by text when the file has no `tokenizer.ggml.eot_token_id`;
 - `<|return|>` + `<|call|>` (gpt-oss's harmony format) make `<|end|>` an ordinary user-defined
-  token, and the harmony framing tokens are always rendered.
+  token, and the harmony framing tokens are always rendered;
+- some special tokens swallow the whitespace next to them (LSTRIP/RSTRIP). The file does not say
+  which: llama.cpp decides by `general.name` (every special token of a phi-3 model strips the
+  whitespace after it) or by pre-tokenizer / architecture (a jina / nomic-bert `<mask>`, a
+  modern-bert `[MASK]` strips the whitespace before it), and so does `strip_attributes` here.
 """
 from __future__ import annotations
 
@@ -40,6 +44,10 @@ END_OF_TURN_TEXTS = (
 )
 END_OF_MESSAGE_TEXT = "<|eom_id|>"
 HARMONY_ALWAYS_RENDERED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")
+# Types llama.cpp keeps in its special-token cache (cut out of text before encoding).
+SPECIAL_TYPES = frozenset({int(TokenType.CONTROL), int(TokenType.USER_DEFINED), int(TokenType.UNKNOWN)})
+# Whitespace llama.cpp's LSTRIP/RSTRIP removes: C isspace() on single bytes.
+STRIPPED_WHITESPACE = " \t\n\v\f\r"
 
 KEY_PREFIX = "tokenizer.ggml."
 
@@ -54,7 +62,10 @@ class GGUFVocab:
 
     `token_types[i]` is already corrected as described in the module docstring; `eog_ids` holds
     every id that ends generation (eos, eot, eom and the end-of-generation texts).
-    `add_bos`/`add_eos` are None where the file has no such key (the model kind decides then).
+    `add_bos`/`add_eos`/`add_space_prefix` are None where the file has no such key (the model
+    kind decides then). `scores` is empty where the file has none (byte-level BPE files often
+    omit them). `lstrip_ids`/`rstrip_ids`: special tokens that remove the whitespace before /
+    after them when cut out of a text.
     """
 
     model: str
@@ -72,6 +83,10 @@ class GGUFVocab:
     add_bos: bool | None
     add_eos: bool | None
     chat_template: str | None
+    scores: tuple[float, ...] = ()
+    add_space_prefix: bool | None = None
+    lstrip_ids: frozenset[int] = frozenset()
+    rstrip_ids: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         num_tokens = len(self.tokens)
@@ -87,6 +102,8 @@ class GGUFVocab:
                 raise VocabError(f"{name} {value} is outside the vocabulary of {num_tokens} tokens")
         if any(not 0 <= i < num_tokens for i in self.eog_ids):
             raise VocabError("an end-of-generation id is outside the vocabulary")
+        if self.scores and len(self.scores) != num_tokens:
+            raise VocabError(f"tokenizer.ggml.scores has {len(self.scores)} entries for {num_tokens} tokens")
 
     @property
     def num_tokens(self) -> int:
@@ -127,6 +144,8 @@ class GGUFVocab:
 
         merges = md.get(KEY_PREFIX + "merges")
         template = md.get("tokenizer.chat_template")
+        raw_scores = md.get(KEY_PREFIX + "scores")
+        lstrip_ids, rstrip_ids = strip_attributes(md, tokens, types)
         return cls(
             model=model,
             pre=md.get(KEY_PREFIX + "pre"),
@@ -143,6 +162,10 @@ class GGUFVocab:
             add_bos=_optional_bool(md, "add_bos_token"),
             add_eos=_optional_bool(md, "add_eos_token"),
             chat_template=template if isinstance(template, str) and template else None,
+            scores=tuple(float(x) for x in raw_scores) if raw_scores is not None else (),
+            add_space_prefix=_optional_bool(md, "add_space_prefix"),
+            lstrip_ids=lstrip_ids,
+            rstrip_ids=rstrip_ids,
         )
 
 
@@ -177,3 +200,24 @@ def _apply_harmony_rules(tokens: tuple[str, ...], types: list[int], eog: set[int
         end_id = ids_by_text["<|end|>"]
         eog.discard(end_id)
         types[end_id] = int(TokenType.USER_DEFINED)
+
+
+def strip_attributes(md: Mapping[str, Any], tokens: tuple[str, ...], types: list[int]) -> tuple[frozenset[int], frozenset[int]]:
+    """(lstrip ids, rstrip ids) as llama.cpp sets them by name, after the type corrections above
+    (`types` is final). Tokens a rule names but the vocabulary lacks are skipped."""
+    name = str(md.get("general.name") or "").lower()
+    pre = str(md.get(KEY_PREFIX + "pre") or "")
+    arch = str(md.get("general.architecture") or "")
+    ids_by_text = _ids_of_texts(tokens, {"<mask>", "[MASK]", "</s>", "<unk>", "<s>", "<|endoftext|>"})
+    if any(p in pre for p in ("jina-v2-de", "jina-v2-es", "jina-v2-code")) or any(
+        a in arch for a in ("nomic-bert-moe", "jina-bert-v3")
+    ):
+        return frozenset(i for t, i in ids_by_text.items() if t == "<mask>"), frozenset()
+    if "phi-3" in name or "phi3" in name:
+        rstrip = {i for i, t in enumerate(types) if t in SPECIAL_TYPES}
+        rstrip.update(i for t, i in ids_by_text.items() if t == "</s>")
+        rstrip.difference_update(i for t, i in ids_by_text.items() if t in ("<unk>", "<s>", "<|endoftext|>"))
+        return frozenset(), frozenset(rstrip)
+    if "modern-bert" in name:
+        return frozenset(i for t, i in ids_by_text.items() if t == "[MASK]"), frozenset()
+    return frozenset(), frozenset()

@@ -1,11 +1,12 @@
 """Text <-> token ids for a model, built from its GGUF metadata.
 
 `Tokenizer.from_gguf_metadata(md)` reads the vocabulary (`runtime.gguf_vocab`), picks the encoder
-for `tokenizer.ggml.model` from `ENCODER_BUILDERS` (the seam where SentencePiece will plug in) and
-wraps it with what every model kind shares, done the way llama.cpp does it so ids match it exactly:
+for `tokenizer.ggml.model` from `ENCODER_BUILDERS` (byte-level BPE, SentencePiece BPE) and wraps it
+with what every model kind shares, done the way llama.cpp does it so ids match it exactly:
 - special tokens are cut out of the text first, longest token text first, each fragment then
   encoded on its own; with `parse_special=False` only USER_DEFINED tokens are cut out (control
-  tokens are then ordinary text);
+  tokens are then ordinary text); a token with LSTRIP/RSTRIP also drops the whitespace before /
+  after it;
 - BOS/EOS are added only where the file (or llama.cpp's default for its vocab kind) says so;
 - decoding concatenates each token's raw bytes, so streaming pieces add up to `decode(ids)`.
 """
@@ -15,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from .byte_level_bpe import ByteLevelBPEEncoder, token_bytes_table
-from .gguf_vocab import GGUFVocab, TokenType, VocabError
+from .gguf_vocab import SPECIAL_TYPES, STRIPPED_WHITESPACE, GGUFVocab, TokenType, VocabError
+from .sentencepiece_bpe import SentencePieceBPEEncoder, spm_token_bytes_table
 
 
 class TextEncoder(Protocol):
@@ -39,14 +41,19 @@ def _build_byte_level_bpe(vocab: GGUFVocab) -> KindParts:
     return KindParts(encoder, token_bytes_table(vocab), encoder.spec.default_add_bos)
 
 
-# `tokenizer.ggml.model` -> (our kind name, builder). SentencePiece ("llama") plugs in here.
+def _build_sentencepiece_bpe(vocab: GGUFVocab) -> KindParts:
+    # llama.cpp adds BOS for every SPM vocabulary whose file does not say otherwise.
+    return KindParts(SentencePieceBPEEncoder.from_vocab(vocab), spm_token_bytes_table(vocab), True)
+
+
+# `tokenizer.ggml.model` -> (our kind name, builder).
 ENCODER_BUILDERS: dict[str, tuple[str, Callable[[GGUFVocab], KindParts]]] = {
     "gpt2": ("gguf-bpe", _build_byte_level_bpe),
+    "llama": ("gguf-spm", _build_sentencepiece_bpe),
 }
-PLANNED_MODELS = {"llama": "SentencePiece BPE with byte fallback"}
 
 # Token types cut out of the text before encoding: with parse_special, and always.
-_SPECIAL_WHEN_PARSING = frozenset({int(TokenType.CONTROL), int(TokenType.USER_DEFINED), int(TokenType.UNKNOWN)})
+_SPECIAL_WHEN_PARSING = SPECIAL_TYPES
 _SPECIAL_ALWAYS = frozenset({int(TokenType.USER_DEFINED)})
 # Types whose text `decode(..., skip_special_tokens=True)` drops.
 _SKIPPABLE = frozenset({int(TokenType.CONTROL), int(TokenType.UNKNOWN)})
@@ -84,6 +91,8 @@ class Tokenizer:
         self._skippable_ids = frozenset(i for i, t in enumerate(vocab.token_types) if t in _SKIPPABLE)
         self._special_parsed = _longest_first(vocab, _SPECIAL_WHEN_PARSING)
         self._special_always = _longest_first(vocab, _SPECIAL_ALWAYS)
+        self._lstrip_ids = vocab.lstrip_ids
+        self._rstrip_ids = vocab.rstrip_ids
 
     @classmethod
     def from_gguf_metadata(cls, md: Mapping[str, Any]) -> "Tokenizer":
@@ -95,9 +104,8 @@ class Tokenizer:
             raise TokenizerError(str(exc)) from None
         entry = ENCODER_BUILDERS.get(vocab.model)
         if entry is None:
-            planned = f" ({PLANNED_MODELS[vocab.model]}: not implemented yet)" if vocab.model in PLANNED_MODELS else ""
             raise TokenizerError(
-                f"unsupported tokenizer.ggml.model {vocab.model!r}{planned}; supported: {', '.join(sorted(ENCODER_BUILDERS))}"
+                f"unsupported tokenizer.ggml.model {vocab.model!r}; supported: {', '.join(sorted(ENCODER_BUILDERS))}"
             )
         kind, build = entry
         try:
@@ -116,7 +124,7 @@ class Tokenizer:
         special token, otherwise it is encoded as ordinary text (user-defined tokens are always
         recognised, as in llama.cpp and HF)."""
         specials = self._special_parsed if parse_special else self._special_always
-        fragments = _split_on_specials(text, specials)
+        fragments = _split_on_specials(text, specials, self._lstrip_ids, self._rstrip_ids)
         texts = [f for f in fragments if isinstance(f, str)]
         encoded = iter(self._encoder.encode_texts(texts)) if texts else iter(())
         ids: list[int] = [self.bos_id] if add_special_tokens and self.add_bos else []  # type: ignore[list-item]
@@ -177,12 +185,15 @@ def _longest_first(vocab: GGUFVocab, types: frozenset[int]) -> tuple[tuple[str, 
     return tuple(found)
 
 
-def _split_on_specials(text: str, specials: tuple[tuple[str, int], ...]) -> list[str | int]:
+def _split_on_specials(text: str, specials: tuple[tuple[str, int], ...],
+                       lstrip_ids: frozenset[int] = frozenset(),
+                       rstrip_ids: frozenset[int] = frozenset()) -> list[str | int]:
     """`text` as a list of non-empty text fragments and special-token ids.
 
     llama.cpp's partition: for each special token, longest first, every remaining text fragment
     is cut at each non-overlapping occurrence (left to right). A longer token thus wins over a
-    shorter one even when the shorter one starts earlier.
+    shorter one even when the shorter one starts earlier. A token in `lstrip_ids` / `rstrip_ids`
+    also removes the ASCII whitespace directly before / after each occurrence.
     """
     if not text:
         return []
@@ -196,9 +207,14 @@ def _split_on_specials(text: str, specials: tuple[tuple[str, int], ...]) -> list
                 cut.append(fragment)
                 continue
             pieces = fragment.split(token_text)
+            last = len(pieces) - 1
             for n, piece in enumerate(pieces):
                 if n:
                     cut.append(token_id)
+                    if token_id in rstrip_ids:
+                        piece = piece.lstrip(STRIPPED_WHITESPACE)
+                if n < last and token_id in lstrip_ids:
+                    piece = piece.rstrip(STRIPPED_WHITESPACE)
                 if piece:
                     cut.append(piece)
         fragments = cut

@@ -1,4 +1,5 @@
-"""Byte-level BPE tokenizers against llama.cpp's own conformance fixtures (../shared/vocab).
+"""GGUF tokenizers against llama.cpp's own conformance fixtures (../shared/vocab): byte-level BPE
+(gpt-2, llama-bpe, qwen2) and SentencePiece BPE (phi-3, llama-spm).
 
 Each `ggml-vocab-<name>.gguf.inp` holds test strings separated by "\\n__ggml_vocab_test__\\n"
 (the separator's newlines are not part of the strings); `.out` holds the expected ids, one line
@@ -16,7 +17,9 @@ from cupyserve.runtime.tokenizer import Tokenizer, TokenizerError
 
 from conftest import shared_dir
 
-VOCAB_NAMES = ("gpt-2", "llama-bpe", "qwen2")
+BYTE_LEVEL_NAMES = ("gpt-2", "llama-bpe", "qwen2")
+SENTENCEPIECE_NAMES = ("phi-3", "llama-spm")
+VOCAB_NAMES = BYTE_LEVEL_NAMES + SENTENCEPIECE_NAMES
 SEPARATOR = "\n__ggml_vocab_test__\n"
 
 
@@ -52,7 +55,7 @@ def tokenizers(metadata) -> dict[str, Tokenizer]:
 
 
 def test_fixtures_are_not_trivial():
-    assert len(CASES) == 3 * 46
+    assert len(CASES) == 5 * 46
     assert any("\n" in text for _, _, text, _ in CASES)
     assert any(text == "" for _, _, text, _ in CASES)
 
@@ -63,7 +66,7 @@ def test_encode_matches_llama_cpp(tokenizers, name, index, text, expected):
     assert tok.encode(text, add_special_tokens=False, parse_special=False) == expected
 
 
-@pytest.mark.parametrize("name", VOCAB_NAMES)
+@pytest.mark.parametrize("name", BYTE_LEVEL_NAMES)
 def test_decode_restores_every_fixture_string(tokenizers, name):
     tok = tokenizers[name]
     for text, expected in read_cases(name):
@@ -126,8 +129,8 @@ def test_unknown_pre_tokenizer_is_a_clear_error(metadata):
 
 
 def test_unsupported_model_kind_is_a_clear_error(metadata):
-    md = dict(metadata["gpt-2"], **{"tokenizer.ggml.model": "llama"})
-    with pytest.raises(TokenizerError, match=r"'llama'.*SentencePiece.*supported: gpt2"):
+    md = dict(metadata["gpt-2"], **{"tokenizer.ggml.model": "bert"})
+    with pytest.raises(TokenizerError, match=r"'bert'.*supported: gpt2, llama"):
         Tokenizer.from_gguf_metadata(md)
     with pytest.raises(TokenizerError, match="no tokenizer.ggml.model"):
         Tokenizer.from_gguf_metadata({})
