@@ -12,8 +12,9 @@ import logging
 import signal
 from typing import Any
 
-from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.asyncio.run import worker_serve
 from hypercorn.config import Config
+from hypercorn.utils import wrap_app
 
 from cupyserve.runtime.log import log_event
 
@@ -83,7 +84,9 @@ async def serve_app(app: Any, state: ServerState, host: str, port: int,
 
     log_event("ready", url=f"http://{host}:{bound_port}", model=state.engine.model_name)
     try:
-        await hypercorn_serve(app, config, sockets=sockets, shutdown_trigger=shutdown_trigger)
+        # worker_serve rather than hypercorn.asyncio.serve: only it takes pre-bound sockets.
+        await worker_serve(wrap_app(app, config.wsgi_max_body_size, "asgi"), config,
+                           sockets=sockets, shutdown_trigger=shutdown_trigger)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -54,35 +54,54 @@ def _wait_until_healthy(url: str, process: subprocess.Popen, log_path: Path) -> 
                        f"{log_path.read_text(errors='replace')[-4000:]}")
 
 
-@pytest.fixture(scope="session")
-def server(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> RunningServer:
+def start_server(model: Path, workdir: Path, extra_args: tuple[str, ...] = (),
+                 extra_env: dict[str, str] | None = None) -> RunningServer:
+    """Start `cupyserve serve` on a free port and wait until /health answers 200."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    log_path = workdir / "server.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("CUPYSERVE_API_KEY", None)
+    env.update(extra_env or {})
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "cupyserve.server", "serve", "--model", str(smollm2_gguf),
+            [sys.executable, "-m", "cupyserve.server", "serve", "--model", str(model),
              "--port", str(port), "--device", "cpu", "--max-model-len", "2048",
-             "--kv-cache-memory", "64MiB", "--shutdown-grace-seconds", "5"],
+             "--kv-cache-memory", "64MiB", "--shutdown-grace-seconds", "5", *extra_args],
             stdout=log_file, stderr=subprocess.STDOUT, env=env)
     try:
         _wait_until_healthy(url, process, log_path)
-        model = httpx.get(f"{url}/v1/models").json()["data"][0]["id"]
-        running = RunningServer(url, model, process, log_path)
+        headers = {"Authorization": f"Bearer {env['CUPYSERVE_API_KEY']}"} if "CUPYSERVE_API_KEY" in env else {}
+        model_id = httpx.get(f"{url}/v1/models", headers=headers).json()["data"][0]["id"]
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return RunningServer(url, model_id, process, log_path)
+
+
+def stop_server(running: RunningServer) -> int:
+    """SIGTERM, wait, and return the exit code (killing it, and failing, if it hangs)."""
+    process = running.process
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(SHUTDOWN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise AssertionError(f"server ignored SIGTERM for {SHUTDOWN_TIMEOUT_S} s")
+    return process.returncode
+
+
+@pytest.fixture(scope="session")
+def server(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> RunningServer:
+    running = start_server(smollm2_gguf, tmp_path_factory.mktemp("server"))
+    try:
         yield running
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(SHUTDOWN_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-                raise AssertionError(f"server ignored SIGTERM for {SHUTDOWN_TIMEOUT_S} s")
-    assert process.returncode == 0, (f"server exited with {process.returncode}:\n"
-                                     f"{log_path.read_text(errors='replace')[-4000:]}")
+        code = stop_server(running)
+    assert code == 0, f"server exited with {code}:\n{running.log_tail()}"
 
 
 @pytest.fixture()
