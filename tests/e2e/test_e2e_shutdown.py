@@ -8,7 +8,7 @@ import httpx
 import orjson
 import pytest
 
-from conftest import start_server, stop_server
+from server_process import start_server, stop_server
 
 pytestmark = pytest.mark.e2e
 
