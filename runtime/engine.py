@@ -231,17 +231,22 @@ class LLMEngine:
         """Row j of the chunk predicts the token at position start + j + 1."""
         prompt = entry.seq.prompt_ids
         top_n = state.seq.params.prompt_logprobs or 0
-        for j in range(logits.shape[0]):
-            target = entry.start_position + j + 1
-            if target >= len(prompt) or target < len(state.prompt_logprobs):
-                continue
-            row = logits[j].astype(np.float64)
-            row = row - row.max()
-            logprobs = row - np.log(np.exp(row).sum())
-            top_ids = np.argsort(-logprobs, kind="stable")[:top_n]
-            state.prompt_logprobs.append(TokenLogprob(
-                token_id=prompt[target], logprob=float(logprobs[prompt[target]]),
-                top=tuple((int(t), float(logprobs[t])) for t in top_ids)))
+        targets = np.arange(entry.start_position + 1, entry.start_position + 1 + logits.shape[0])
+        keep = (targets < len(prompt)) & (targets >= len(state.prompt_logprobs))
+        if not keep.any():
+            return
+        rows = logits[keep].astype(np.float64)
+        rows -= rows.max(axis=1, keepdims=True)
+        logprobs = rows - np.log(np.exp(rows).sum(axis=1, keepdims=True))
+        for row, target in zip(logprobs, targets[keep]):
+            token_id = prompt[target]
+            top = ()
+            if top_n:
+                top_ids = np.argpartition(-row, top_n)[:top_n]
+                top_ids = top_ids[np.lexsort((top_ids, -row[top_ids]))]
+                top = tuple((int(t), float(row[t])) for t in top_ids)
+            state.prompt_logprobs.append(TokenLogprob(token_id=token_id,
+                                                      logprob=float(row[token_id]), top=top))
 
     def _fail_step(self, states: list[RequestState], exc: BaseException) -> list[StepOutput]:
         """A device OOM inside the step: fail only this step's requests, free their memory."""
