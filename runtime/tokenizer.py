@@ -13,11 +13,14 @@ with what every model kind shares, done the way llama.cpp does it so ids match i
 from __future__ import annotations
 
 from dataclasses import dataclass
+import os
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 from .byte_level_bpe import ByteLevelBPEEncoder, token_bytes_table
 from .gguf_vocab import SPECIAL_TYPES, STRIPPED_WHITESPACE, GGUFVocab, TokenType, VocabError
 from .sentencepiece_bpe import SentencePieceBPEEncoder, spm_token_bytes_table
+from .tokenizer_json import TokenizerJsonEncoder, load_tokenizer_json, save_tokenizer_json
 
 
 class TextEncoder(Protocol):
@@ -115,6 +118,27 @@ class Tokenizer:
         add_bos = vocab.add_bos if vocab.add_bos is not None else parts.default_add_bos
         add_eos = vocab.add_eos if vocab.add_eos is not None else False
         return cls(vocab, kind, parts.encoder, parts.token_bytes, add_bos, add_eos)
+
+    @classmethod
+    def from_tokenizer_json(cls, path: str | os.PathLike, gguf_metadata: Mapping[str, Any] | None = None) -> "Tokenizer":
+        """Build from a Hugging Face tokenizer.json (a file, or a folder holding one) and the
+        tokenizer_config.json beside it; special ids, add_bos/add_eos and the chat template fall
+        back to `gguf_metadata` where those files do not state them. Kind "tokenizer.json".
+        Raises TokenizerError for an unsupported or inconsistent file."""
+        try:
+            parts = load_tokenizer_json(path, gguf_metadata)
+        except (VocabError, KeyError, ValueError) as exc:
+            raise TokenizerError(f"{path}: {exc}") from None
+        return cls(parts.vocab, "tokenizer.json", parts.encoder, parts.token_bytes, parts.add_bos, parts.add_eos)
+
+    def save_tokenizer_json(self, path: str | os.PathLike) -> Path:
+        """Write this tokenizer as `path` (tokenizer.json) plus tokenizer_config.json beside it,
+        so that `from_tokenizer_json(path)` encodes every text to the same ids. Returns `path`."""
+        source = self._encoder.document if isinstance(self._encoder, TokenizerJsonEncoder) else None
+        try:
+            return save_tokenizer_json(path, self.vocab, self.add_bos, self.add_eos, source)
+        except VocabError as exc:
+            raise TokenizerError(str(exc)) from None
 
     # -- encoding -------------------------------------------------------------------------------
 

@@ -134,3 +134,33 @@ def test_unsupported_model_kind_is_a_clear_error(metadata):
         Tokenizer.from_gguf_metadata(md)
     with pytest.raises(TokenizerError, match="no tokenizer.ggml.model"):
         Tokenizer.from_gguf_metadata({})
+
+
+# The gpt-4o (o200k) pre-tokenizer, split as the encoder splits (HF Split, "isolated"). Expected
+# pieces derived by hand from the regex: a word is [^\r\n\p{L}\p{N}]? + upper* + lower+ (or
+# upper+ + lower*), with an optional case-insensitive contraction; digits go in groups of at most
+# 3; a punctuation run takes one leading space and trailing newlines or slashes; the last space
+# before a word stays with the word.
+GPT4O_SPLITS = [
+    ("I'm here", ["I'm", " here"]),
+    ("don't DON'T", ["don't", " DON'T"]),
+    ("helloWorld HELLOWorld", ["hello", "World", " HELLOWorld"]),
+    ("1234567", ["123", "456", "7"]),
+    ("$1,000/month", ["$", "1", ",", "000", "/month"]),
+    ("Hi!!! ok...\n\nb", ["Hi", "!!!", " ok", "...\n\n", "b"]),
+    ("日本語のテキスト 你好", ["日本語のテキスト", " 你好"]),
+    ("a   b", ["a", "  ", " b"]),
+    ("x\n\n  y", ["x", "\n\n", " ", " y"]),
+]
+
+
+@pytest.mark.parametrize("text,pieces", GPT4O_SPLITS, ids=[t for t, _ in GPT4O_SPLITS])
+def test_gpt4o_pre_tokenizer_splits(text, pieces):
+    from tokenizers import Regex
+    from tokenizers.pre_tokenizers import Split
+
+    from cupyserve.runtime.pretokenizer_regex import GPT4O_PATTERN, pre_tokenizer_spec
+
+    assert pre_tokenizer_spec("gpt-4o").patterns == (GPT4O_PATTERN,)
+    split = Split(Regex(GPT4O_PATTERN), behavior="isolated")
+    assert [piece for piece, _ in split.pre_tokenize_str(text)] == pieces
