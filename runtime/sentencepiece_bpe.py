@@ -9,9 +9,10 @@ text fragment (special tokens are cut out before, by the caller) like this:
 - each final symbol is its token, or, if it is not one (a character outside the vocabulary), the
   byte tokens `<0xNN>` of its UTF-8 bytes.
 This is not rank-based BPE: the merge order comes from the scores of the *resulting* tokens, and
-any token text counts (even a control token's), which is why it is implemented here rather than
-with the `tokenizers` BPE model, whose rank order cannot express equal scores (the whitespace-run
-tokens all score -1e9 and must merge leftmost-first).
+any token text counts (even a control token's). It is implemented here rather than on the
+`tokenizers` BPE model because rank order cannot express equal scores in general (the
+whitespace-run tokens all score -1e9 and must merge leftmost-first), and because deriving ranked
+merges from a 262k-token vocabulary takes seconds (runtime.tokenizer_json does it for export).
 
 Speed: a merge can never join two symbols whose adjacent characters `ab` appear together in no
 token, so the text is cut before each "▁" that no token can join to its left neighbour; the
