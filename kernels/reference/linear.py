@@ -86,12 +86,31 @@ def can_fuse(ggml_types: list[int]) -> bool:
     return len({activation_rounding(t) for t in ggml_types}) == 1
 
 
+# BLAS picks kernels and blockings by the number of rows, so a row's result would depend on how
+# many other rows share its batch. Multiplying in fixed tiles of ROW_TILE rows (the last one
+# zero-padded) makes every row go through the same kernel: a sequence gets bit-identical logits
+# alone or among others (batch invariance), which also keeps seeded sampling reproducible when
+# the prefix cache changes how a prompt is chunked. tests/kernels checks this property.
+ROW_TILE = 8
+
+
 def linear(
     x: np.ndarray,  # [num_tokens, in_features] float32
     weight: DenseWeight,
     bias: np.ndarray | None = None,  # [out_features] float32
 ) -> np.ndarray:  # [num_tokens, out_features] float32
-    out = round_activations(x, weight.rounding) @ weight.matrix.T
+    rounded = round_activations(x, weight.rounding)
+    num_tokens = rounded.shape[0]
+    out = np.empty((num_tokens, weight.out_features), dtype=np.float32)
+    matrix_t = weight.matrix.T
+    for begin in range(0, num_tokens, ROW_TILE):
+        tile = rounded[begin : begin + ROW_TILE]
+        if tile.shape[0] < ROW_TILE:
+            padded = np.zeros((ROW_TILE, tile.shape[1]), dtype=np.float32)
+            padded[: tile.shape[0]] = tile
+            out[begin:] = (padded @ matrix_t)[: tile.shape[0]]
+        else:
+            np.matmul(tile, matrix_t, out=out[begin : begin + ROW_TILE])
     return out + bias if bias is not None else out
 
 
