@@ -1,0 +1,27 @@
+// MLP activations: SwiGLU / GeGLU over [gate | up] rows, and plain tanh-GELU elementwise.
+#include "common.cuh"
+
+__device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
+
+__device__ __forceinline__ float gelu_tanh(float x) {
+    const float inner = 0.7978845608028654f * (x + __fmul_rn(__fmul_rn(__fmul_rn(0.044715f, x), x), x));
+    return __fmul_rn(__fmul_rn(0.5f, x), 1.0f + tanhf(inner));
+}
+
+//   gate_up: [num_tokens, 2 * ffn] float32, gate columns first;  out: [num_tokens, ffn] float32
+template <int GELU>
+__global__ void gated_activation(const float* __restrict__ gate_up, int num_tokens, int ffn,
+                                 float* __restrict__ out) {
+    const i64 index = blockIdx.x * (i64)blockDim.x + threadIdx.x;
+    if (index >= (i64)num_tokens * ffn) return;
+    const i64 token = index / ffn;
+    const int col = (int)(index % ffn);
+    const float gate = gate_up[token * 2 * ffn + col], up = gate_up[token * 2 * ffn + ffn + col];
+    out[index] = __fmul_rn(GELU ? gelu_tanh(gate) : silu(gate), up);
+}
+
+//   x, out: [n] float32
+__global__ void gelu(const float* __restrict__ x, i64 n, float* __restrict__ out) {
+    const i64 index = blockIdx.x * (i64)blockDim.x + threadIdx.x;
+    if (index < n) out[index] = gelu_tanh(x[index]);
+}

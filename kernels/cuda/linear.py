@@ -1,0 +1,175 @@
+"""Linear layers and the embedding gather over quantized device weights.
+
+Small batches (num_tokens <= GEMV_MAX_TOKENS, i.e. decode): a fused dequantize-GEMV reads each
+weight row once for all tokens. Activations are rounded as ggml rounds them (the reference's
+`round_activations`): for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 into q8_32 codes + fp16 scales and an exact
+int8 dot (dp4a) per block pair; for the other types into float32 values and a float dot.
+Either way only the float32 summation order differs from the reference.
+
+Large batches (prefill): the rounded activations are stored as fp16, the weight is dequantized
+to fp16 in row tiles of at most TILE_ELEMENTS elements (bounded scratch), and cuBLAS multiplies
+them with fp32 accumulation and an fp32 result (cublasGemmEx, tensor cores). Storing the
+rounded activations and the dequantized weights in fp16 adds one rounding of at most 2^-11
+relative per operand (q8 codes times an fp16 scale need up to 19 bits); the dot products
+average these out to ~1e-4 of |x||w|. Rows are therefore not bit-identical between the two
+paths (batch invariance holds within each path, not across the GEMV_MAX_TOKENS boundary).
+"""
+from __future__ import annotations
+
+import cupy
+import numpy as np
+from cupy.cuda import cublas
+
+from .module_cache import blocks_for, launch
+from .weights import INT8_DOT_TYPES, QuantizedWeight
+
+GEMV_MAX_TOKENS = 8
+GEMV_WARPS_PER_CTA = 4
+TILE_ELEMENTS = 32 << 20  # fp16 scratch for one dequantized weight tile: 64 MiB
+ROUNDING_MODES = {"none": 0, "f16": 1, "bf16": 2, "q8_32": 3, "q8_256": 4}
+
+_CUDA_R_16F = 2
+_CUDA_R_32F = 0
+_CUBLAS_COMPUTE_32F = 68
+_CUBLAS_GEMM_DEFAULT = -1
+_CUBLAS_OP_N = 0
+_CUBLAS_OP_T = 1
+_ONE = np.ones(1, dtype=np.float32)
+_ZERO = np.zeros(1, dtype=np.float32)
+
+
+def round_activations(
+    x: cupy.ndarray,  # [num_tokens, in_features] float32, contiguous
+    rounding: str,
+    out_dtype=np.float32,  # float32 or float16
+) -> cupy.ndarray:  # [num_tokens, in_features] out_dtype
+    num_tokens, num_cols = x.shape
+    if rounding in ("q8_32", "q8_256") and num_cols % (32 if rounding == "q8_32" else 256):
+        raise ValueError(f"{rounding} activation rounding needs in_features % block == 0, got {num_cols}")
+    out = cupy.empty((num_tokens, num_cols), dtype=out_dtype)
+    half = int(np.dtype(out_dtype) == np.float16)
+    launch("activation_rounding.cu", f"round_activations<{ROUNDING_MODES[rounding]}, {half}>",
+           (blocks_for(num_cols, 256), num_tokens), (256,), (x, np.int32(num_cols), out))
+    return out
+
+
+def quantize_q8_32(
+    x: cupy.ndarray,  # [num_tokens, in_features] float32, contiguous, in_features % 32 == 0
+) -> tuple[cupy.ndarray, cupy.ndarray]:  # codes [num_tokens, in_features] int8, scales [num_tokens, in_features/32] f32
+    num_tokens, num_cols = x.shape
+    num_blocks = num_tokens * num_cols // 32
+    codes = cupy.empty((num_tokens, num_cols), dtype=np.int8)
+    scales = cupy.empty((num_tokens, num_cols // 32), dtype=np.float32)
+    launch("activation_rounding.cu", "quantize_q8_32", (blocks_for(num_blocks * 32, 256),), (256,),
+           (x, np.int64(num_blocks), codes, scales))
+    return codes, scales
+
+
+def dequantize_rows(
+    segment_raw: cupy.ndarray,  # [num_weight_rows, row_bytes] uint8 blocks of ggml_type
+    ggml_type: int,
+    num_cols: int,
+    out_dtype,  # float32 or float16
+    row_ids: cupy.ndarray | None = None,  # [num_out_rows] int32 rows to gather, or None
+    first_row: int = 0,  # with row_ids None: rows first_row .. first_row + num_out_rows
+    num_out_rows: int | None = None,
+) -> cupy.ndarray:  # [num_out_rows, num_cols] out_dtype
+    if row_ids is not None:
+        row_ids = cupy.ascontiguousarray(row_ids, dtype=np.int32)
+        num_out_rows = row_ids.shape[0]
+    out = cupy.empty((num_out_rows, num_cols), dtype=out_dtype)
+    if num_out_rows == 0:
+        return out
+    half = int(np.dtype(out_dtype) == np.float16)
+    launch("dequantize.cu", f"dequantize_rows<{int(ggml_type)}, {half}>",
+           (blocks_for(num_cols // 32, 128), num_out_rows), (128,),
+           (segment_raw, np.int64(segment_raw.shape[1]),
+            row_ids if row_ids is not None else np.uint64(0), np.int64(first_row),
+            np.int32(num_out_rows), np.int32(num_cols), out))
+    return out
+
+
+def _gemv(x: cupy.ndarray, weight: QuantizedWeight, bias: cupy.ndarray | None, out: cupy.ndarray) -> None:
+    num_tokens, num_cols = x.shape
+    quantized = rounded = None
+    for seg in weight.segments:
+        out_view = out[:, seg.row_begin:]
+        bias_view = bias[seg.row_begin:] if bias is not None else np.uint64(0)
+        grid = (blocks_for(seg.num_rows, GEMV_WARPS_PER_CTA),)
+        block = (32 * GEMV_WARPS_PER_CTA,)
+        if seg.ggml_type in INT8_DOT_TYPES and weight.rounding == "q8_32":
+            if quantized is None:
+                quantized = quantize_q8_32(x)
+            launch("gemv_int8.cu", f"gemv_int8<{int(seg.ggml_type)}, {num_tokens}>", grid, block,
+                   (seg.raw, np.int64(seg.row_bytes), np.int32(seg.num_rows), np.int32(num_cols // 32),
+                    quantized[0], quantized[1], bias_view, out_view, np.int64(out.shape[1])))
+        else:
+            if rounded is None:
+                rounded = round_activations(x, weight.rounding)
+            launch("gemv_float.cu", f"gemv_float<{int(seg.ggml_type)}, {num_tokens}>", grid, block,
+                   (seg.raw, np.int64(seg.row_bytes), np.int32(seg.num_rows), np.int32(num_cols // 32),
+                    rounded, bias_view, out_view, np.int64(out.shape[1])))
+
+
+def _gemm_f16(
+    x16: cupy.ndarray,  # [num_tokens, K] float16
+    w16: cupy.ndarray,  # [rows, K] float16
+    out_view: cupy.ndarray,  # [num_tokens, >= rows] float32 view into out, row stride ldc
+    ldc: int,
+) -> None:
+    """out_view[:, :rows] = x16 @ w16.T in column-major terms: C[rows, T] = W^T(op T) . X."""
+    num_tokens, k = x16.shape
+    rows = w16.shape[0]
+    handle = cupy.cuda.device.get_cublas_handle()
+    cublas.gemmEx(handle, _CUBLAS_OP_T, _CUBLAS_OP_N, rows, num_tokens, k,
+                  _ONE.ctypes.data, w16.data.ptr, _CUDA_R_16F, k,
+                  x16.data.ptr, _CUDA_R_16F, k,
+                  _ZERO.ctypes.data, out_view.data.ptr, _CUDA_R_32F, ldc,
+                  _CUBLAS_COMPUTE_32F, _CUBLAS_GEMM_DEFAULT)
+
+
+def _dequant_gemm(x: cupy.ndarray, weight: QuantizedWeight, bias: cupy.ndarray | None, out: cupy.ndarray) -> None:
+    num_cols = x.shape[1]
+    x16 = round_activations(x, weight.rounding, np.float16)
+    tile_rows = max(1, TILE_ELEMENTS // num_cols)
+    for seg in weight.segments:
+        for begin in range(0, seg.num_rows, tile_rows):
+            rows = min(tile_rows, seg.num_rows - begin)
+            w16 = dequantize_rows(seg.raw, seg.ggml_type, num_cols, np.float16,
+                                  first_row=begin, num_out_rows=rows)
+            _gemm_f16(x16, w16, out[:, seg.row_begin + begin:], out.shape[1])
+    if bias is not None:
+        out += bias
+
+
+def linear(
+    x: cupy.ndarray,  # [num_tokens, in_features] float32
+    weight: QuantizedWeight,
+    bias: cupy.ndarray | None = None,  # [out_features] float32
+) -> cupy.ndarray:  # [num_tokens, out_features] float32
+    x = cupy.ascontiguousarray(x, dtype=np.float32)
+    num_tokens, num_cols = x.shape
+    if num_cols != weight.in_features:
+        raise ValueError(f"linear: input has {num_cols} features, weight expects {weight.in_features}")
+    if num_cols % 32:
+        raise ValueError(f"CUDA linear needs in_features % 32 == 0, got {num_cols}")
+    out = cupy.empty((num_tokens, weight.out_features), dtype=np.float32)
+    if num_tokens == 0:
+        return out
+    if bias is not None:
+        bias = cupy.ascontiguousarray(bias, dtype=np.float32)
+    if num_tokens <= GEMV_MAX_TOKENS:
+        _gemv(x, weight, bias, out)
+    else:
+        _dequant_gemm(x, weight, bias, out)
+    return out
+
+
+def embedding(
+    weight: QuantizedWeight,  # rows are tokens: [vocab_size, hidden]
+    token_ids: cupy.ndarray,  # [num_tokens] int
+) -> cupy.ndarray:  # [num_tokens, hidden] float32
+    if len(weight.segments) != 1:
+        raise ValueError("embedding needs a single-segment weight")
+    seg = weight.segments[0]
+    return dequantize_rows(seg.raw, seg.ggml_type, weight.in_features, np.float32, row_ids=token_ids)

@@ -1,0 +1,52 @@
+// RMSNorm (optionally fused with the residual add) and LayerNorm: one CTA per row, float32
+// math with the reference's operation order ((x * inv) * w, products not contracted).
+#include "common.cuh"
+
+//   x:        [num_rows, x_stride] float32 (first `hidden` columns used)
+//   residual: [num_rows, hidden] float32 or null; when given, x + residual is normalized and
+//             written to summed_out [num_rows, hidden]
+//   weight:   [hidden] float32;  out: [num_rows, hidden] float32
+__global__ void rms_norm(const float* __restrict__ x, i64 x_stride, const float* __restrict__ residual,
+                         const float* __restrict__ weight, int hidden, float eps,
+                         float* __restrict__ out, float* __restrict__ summed_out) {
+    __shared__ float scratch[32];
+    const i64 row = blockIdx.x;
+    const float* src = x + row * x_stride;
+    float sum_sq = 0.0f;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+        float v = src[i];
+        if (residual) {
+            v += residual[row * hidden + i];
+            summed_out[row * hidden + i] = v;
+        }
+        sum_sq += v * v;
+    }
+    const float mean_square = block_sum(sum_sq, scratch) / (float)hidden;
+    const float inv = 1.0f / sqrtf(mean_square + eps);
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+        const float v = residual ? summed_out[row * hidden + i] : src[i];
+        out[row * hidden + i] = __fmul_rn(__fmul_rn(v, inv), weight[i]);
+    }
+}
+
+//   x: [num_rows, hidden] float32;  weight, bias: [hidden] float32 (bias may be null)
+//   out: [num_rows, hidden] float32
+__global__ void layer_norm(const float* __restrict__ x, const float* __restrict__ weight,
+                           const float* __restrict__ bias, int hidden, float eps, float* __restrict__ out) {
+    __shared__ float scratch[32];
+    const float* src = x + (i64)blockIdx.x * hidden;
+    float* dst = out + (i64)blockIdx.x * hidden;
+    float sum = 0.0f;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) sum += src[i];
+    const float mean = block_sum(sum, scratch) / (float)hidden;
+    float sum_sq = 0.0f;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+        const float c = src[i] - mean;
+        sum_sq += c * c;
+    }
+    const float denom = sqrtf(block_sum(sum_sq, scratch) / (float)hidden + eps);
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+        const float v = __fmul_rn((src[i] - mean) / denom, weight[i]);
+        dst[i] = bias ? v + bias[i] : v;
+    }
+}

@@ -1,0 +1,49 @@
+"""GPU kernel tests: every CUDA op against its NumPy reference. Skipped cleanly without CuPy or a
+GPU (CI has none); run on a GPU machine with `pytest -m gpu tests/kernels`.
+
+Every array the CUDA launchers allocate with cupy.empty / empty_like is poisoned (NaN, or 0x7f
+bytes for integers) so an output element a kernel forgets to write fails the comparison.
+"""
+from __future__ import annotations
+
+import pytest
+
+
+def _gpu_or_skip():
+    cupy = pytest.importorskip("cupy")
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no CUDA device")
+    except Exception as error:  # no driver
+        pytest.skip(f"no CUDA device ({error})")
+    return cupy
+
+
+@pytest.fixture(scope="session")
+def cuda_ops():
+    _gpu_or_skip()
+    from cupyserve.kernels import get_ops
+
+    return get_ops("cuda")
+
+
+@pytest.fixture(autouse=True)
+def poison_device_allocations(request, monkeypatch):
+    if request.node.get_closest_marker("gpu") is None:
+        yield
+        return
+    cupy = _gpu_or_skip()
+    import numpy as np
+
+    real_empty, real_empty_like = cupy.empty, cupy.empty_like
+
+    def poison(array):
+        if array.dtype.kind == "f":
+            array.fill(np.nan)
+        else:
+            array.view(np.uint8).fill(0x7F)
+        return array
+
+    monkeypatch.setattr(cupy, "empty", lambda *a, **k: poison(real_empty(*a, **k)))
+    monkeypatch.setattr(cupy, "empty_like", lambda *a, **k: poison(real_empty_like(*a, **k)))
+    yield

@@ -1,0 +1,103 @@
+"""CUDA norms, RoPE, activations and the KV write vs the NumPy reference."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cupyserve.kernels.reference import activation, attention, norm, rope
+
+from quant_samples import rel_error
+
+pytestmark = pytest.mark.gpu
+FLOAT32_TOLERANCE = 2e-6  # elementwise float32 math, different reduction order / libm
+
+
+def _dev(x):
+    import cupy
+
+    return cupy.asarray(x)
+
+
+def _host(x):
+    import cupy
+
+    return cupy.asnumpy(x)
+
+
+@pytest.mark.parametrize("num_tokens,hidden", [(1, 576), (7, 64), (130, 960), (3, 5000), (2, 33)])
+def test_rms_norms(cuda_ops, num_tokens, hidden):
+    rng = np.random.default_rng(hidden + num_tokens)
+    x = rng.standard_normal((num_tokens, hidden), dtype=np.float32) * 3
+    residual = rng.standard_normal((num_tokens, hidden), dtype=np.float32)
+    weight = rng.standard_normal(hidden, dtype=np.float32)
+    assert rel_error(_host(cuda_ops.rms_norm(_dev(x), _dev(weight), 1e-5)),
+                     norm.rms_norm(x, weight, 1e-5)) < FLOAT32_TOLERANCE
+    normed, summed = cuda_ops.add_rms_norm(_dev(x), _dev(residual), _dev(weight), 1e-6)
+    ref_normed, ref_summed = norm.add_rms_norm(x, residual, weight, 1e-6)
+    np.testing.assert_array_equal(_host(summed), ref_summed)
+    assert rel_error(_host(normed), ref_normed) < FLOAT32_TOLERANCE
+    heads = x.reshape(num_tokens, -1, hidden)[:, :, :]
+    assert rel_error(_host(cuda_ops.head_rms_norm(_dev(heads), _dev(weight), 1e-6)),
+                     norm.head_rms_norm(heads, weight, 1e-6)) < FLOAT32_TOLERANCE
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_layer_norm(cuda_ops, with_bias):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((17, 768), dtype=np.float32) + 2.0
+    weight = rng.standard_normal(768, dtype=np.float32)
+    bias = rng.standard_normal(768, dtype=np.float32) if with_bias else None
+    actual = cuda_ops.layer_norm(_dev(x), _dev(weight), None if bias is None else _dev(bias), 1e-5)
+    assert rel_error(_host(actual), norm.layer_norm(x, weight, bias, 1e-5)) < FLOAT32_TOLERANCE
+
+
+@pytest.mark.parametrize("style", ["normal", "neox"])
+@pytest.mark.parametrize("num_tokens,num_heads,head_dim,rope_dim", [(1, 9, 64, 64), (37, 4, 128, 64), (5, 2, 256, 256)])
+def test_rope(cuda_ops, style, num_tokens, num_heads, head_dim, rope_dim):
+    rng = np.random.default_rng(num_tokens * head_dim)
+    positions = rng.integers(0, 40000, size=num_tokens).astype(np.int32)
+    factors = rng.uniform(1.0, 8.0, size=rope_dim // 2).astype(np.float32)
+    for freq_factors, scale in [(None, 1.0), (factors, 0.25)]:
+        cos, sin = cuda_ops.rope_cos_sin(_dev(positions), rope_dim, 10000.0, freq_factors, scale)
+        ref_cos, ref_sin = rope.rope_cos_sin(positions, rope_dim, 10000.0, freq_factors, scale)
+        np.testing.assert_allclose(_host(cos), ref_cos, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(_host(sin), ref_sin, rtol=0, atol=1e-6)
+    # q as a row-strided view of a fused qkv output, like the model passes it.
+    qkv = rng.standard_normal((num_tokens, num_heads * head_dim + 100), dtype=np.float32)
+    q_host = qkv[:, : num_heads * head_dim].reshape(num_tokens, num_heads, head_dim)
+    q_dev = _dev(qkv)[:, : num_heads * head_dim].reshape(num_tokens, num_heads, head_dim)
+    actual = cuda_ops.apply_rope(q_dev, _dev(ref_cos), _dev(ref_sin), style)
+    expected = rope.apply_rope(q_host, ref_cos, ref_sin, style)
+    np.testing.assert_array_equal(_host(actual), expected)
+
+
+@pytest.mark.parametrize("num_tokens,ffn", [(1, 1536), (9, 77), (200, 2048)])
+def test_activations(cuda_ops, num_tokens, ffn):
+    rng = np.random.default_rng(ffn)
+    gate_up = rng.standard_normal((num_tokens, 2 * ffn), dtype=np.float32) * 4
+    for name in ("swiglu", "geglu"):
+        actual = _host(getattr(cuda_ops, name)(_dev(gate_up)))
+        assert rel_error(actual, getattr(activation, name)(gate_up)) < FLOAT32_TOLERANCE, name
+    x = gate_up[:, :ffn]
+    assert rel_error(_host(cuda_ops.gelu(_dev(x))), activation.gelu_tanh(x)) < FLOAT32_TOLERANCE
+
+
+@pytest.mark.parametrize("num_tokens", [1, 5, 300])
+def test_write_kv(cuda_ops, num_tokens):
+    rng = np.random.default_rng(num_tokens)
+    num_blocks, block_size, kv_heads, head_dim = 40, 16, 3, 64
+    shape = (num_blocks, block_size, kv_heads, head_dim)
+    k_cache = np.full(shape, np.nan, np.float16)
+    v_cache = np.full(shape, np.nan, np.float16)
+    slots = rng.choice(num_blocks * block_size, size=num_tokens, replace=False).astype(np.int64)
+    kv = rng.standard_normal((num_tokens, 2 * kv_heads * head_dim + 8), dtype=np.float32)
+    k = kv[:, : kv_heads * head_dim].reshape(num_tokens, kv_heads, head_dim)
+    v = kv[:, kv_heads * head_dim : 2 * kv_heads * head_dim].reshape(num_tokens, kv_heads, head_dim)
+    dev_kv = _dev(kv)
+    dev_k = dev_kv[:, : kv_heads * head_dim].reshape(num_tokens, kv_heads, head_dim)
+    dev_v = dev_kv[:, kv_heads * head_dim : 2 * kv_heads * head_dim].reshape(num_tokens, kv_heads, head_dim)
+    dev_k_cache, dev_v_cache = _dev(k_cache), _dev(v_cache)
+    cuda_ops.write_kv(dev_k_cache, dev_v_cache, dev_k, dev_v, _dev(slots))
+    attention.write_kv(k_cache, v_cache, k, v, slots)
+    np.testing.assert_array_equal(_host(dev_k_cache), k_cache)  # NaN == NaN for untouched slots
+    np.testing.assert_array_equal(_host(dev_v_cache), v_cache)
