@@ -23,7 +23,8 @@ from cupy.cuda import cublas
 from .module_cache import blocks_for, launch
 from .weights import INT8_DOT_TYPES, QuantizedWeight
 
-GEMV_MAX_TOKENS = 8
+GEMV_MAX_TOKENS = 8  # larger batches take the dequantize + cuBLAS path
+GEMV_TILE_TOKENS = 8  # tokens per GEMV launch (its NUM_TOKENS template bound)
 GEMV_WARPS_PER_CTA = 4
 TILE_ELEMENTS = 32 << 20  # fp16 scratch for one dequantized weight tile: 64 MiB
 ROUNDING_MODES = {"none": 0, "f16": 1, "bf16": 2, "q8_32": 3, "q8_256": 4}
@@ -159,7 +160,10 @@ def linear(
     if bias is not None:
         bias = cupy.ascontiguousarray(bias, dtype=np.float32)
     if num_tokens <= GEMV_MAX_TOKENS:
-        _gemv(x, weight, bias, out)
+        # Tiles of GEMV_TILE_TOKENS: with GEMV_MAX_TOKENS raised, every row goes through the same
+        # kernel whatever the batch (batch invariance, at GEMV speed).
+        for begin in range(0, num_tokens, GEMV_TILE_TOKENS):
+            _gemv(x[begin:begin + GEMV_TILE_TOKENS], weight, bias, out[begin:begin + GEMV_TILE_TOKENS])
     else:
         _dequant_gemm(x, weight, bias, out)
     return out
