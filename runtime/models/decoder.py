@@ -1,7 +1,8 @@
 """A decoder-only transformer driven by a family's switches, on any backend's op set.
 
 Families that need more than switches (gemma's scaled embeddings, extra norms, ...) subclass
-`DecoderModel` and override the small hooks (`embed`, `attention_block`, `ffn_block`).
+`DecoderModel` and override the small hooks (`embed`, `attention_block`, `qk_transform`,
+`attention_options`, `layer_rope`, `ffn_block`); `LayerWeights.index` says which layer a hook runs for.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ class DecoderModel:
 
     def _load_layer(self, loader: WeightLoader, index: int) -> LayerWeights:
         names = {s.role: s.name.format(i=index) for s in self.family.layer_tensors}
-        weights = LayerWeights()
+        weights = LayerWeights(index=index)
         for role, name in names.items():
             if loader.has(name) and len(loader.gguf.tensors[name].shape) == 1:  # norms, biases
                 weights.tensors[role] = loader.vector(name)
@@ -75,10 +76,10 @@ class DecoderModel:
     ) -> Any:  # [num_logits, vocab_size] float32 on the device
         cfg, ops = self.config, self.ops
         hidden = self.embed(token_ids)
-        cos, sin = ops.rope_cos_sin(batch.positions, cfg.rope_dim, cfg.rope_theta,
-                                    self.rope_freq_factors)
+        rope_tables = self.rope_tables(batch.positions)
         residual = None
         for index, layer in enumerate(self.layers):
+            cos, sin = rope_tables[index]
             if residual is None:
                 residual = hidden
                 normed = self.norm(hidden, layer["attn_norm"])
@@ -89,6 +90,26 @@ class DecoderModel:
             hidden = self.ffn_block(layer, normed)
         hidden = hidden[logits_indices] + residual[logits_indices]
         return ops.linear(self.norm(hidden, self.output_norm), self.output)
+
+    def layer_rope(self, index: int) -> tuple[float, float]:
+        """(rope base, position scale) of layer `index`; families with per-layer rope override."""
+        return float(self.config.rope_theta), 1.0
+
+    def rope_tables(
+        self,
+        positions: Any,  # [num_tokens] int on the device
+    ) -> list[tuple[Any, Any]]:  # per layer (cos, sin), each [num_tokens, rope_dim // 2] float32
+        """One cos/sin table per distinct `layer_rope` value, shared by the layers that use it."""
+        by_params: dict[tuple[float, float], tuple[Any, Any]] = {}
+        tables = []
+        for index in range(self.config.num_layers):
+            params = self.layer_rope(index)
+            if params not in by_params:
+                theta, scale = params
+                by_params[params] = self.ops.rope_cos_sin(positions, self.config.rope_dim, theta,
+                                                          self.rope_freq_factors, scale)
+            tables.append(by_params[params])
+        return tables
 
     def embed(self, token_ids: Any) -> Any:  # -> [num_tokens, hidden] float32
         return self.ops.embedding(self.token_embd, token_ids)

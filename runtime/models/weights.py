@@ -12,6 +12,7 @@ from .family import FamilyConfig, TensorSpec, eval_expr
 @dataclass
 class LayerWeights:
     tensors: dict[str, Any] = field(default_factory=dict)
+    index: int = 0  # the layer's position in the stack: per-layer hooks (window, rope) key on it
 
     def get(self, role: str) -> Any:
         return self.tensors.get(role)
