@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Mapping
 
+from .models.family import default_chat_template
+
 
 class TokenType(IntEnum):
     """`tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`)."""
@@ -143,7 +145,7 @@ class GGUFVocab:
         _apply_harmony_rules(tokens, types, eog)
 
         merges = md.get(KEY_PREFIX + "merges")
-        template = md.get("tokenizer.chat_template")
+        template = md.get("tokenizer.chat_template") or default_chat_template(md.get("general.architecture"))
         raw_scores = md.get(KEY_PREFIX + "scores")
         lstrip_ids, rstrip_ids = strip_attributes(md, tokens, types)
         return cls(

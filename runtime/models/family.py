@@ -51,6 +51,7 @@ class FamilyConfig:
     switches: Mapping[str, Any]
     global_tensors: tuple[TensorSpec, ...]
     layer_tensors: tuple[TensorSpec, ...]
+    chat_template: str | None = None  # file in configs/chat_templates for GGUFs that carry none
 
     def __post_init__(self) -> None:
         if not self.architectures:
@@ -87,6 +88,7 @@ def parse_family(data: Mapping[str, Any]) -> FamilyConfig:
         switches=dict(data.get("switches", {})),
         global_tensors=_parse_tensors(data["tensors"].get("global", {})),
         layer_tensors=_parse_tensors(data["tensors"].get("layer", {})),
+        chat_template=data.get("chat_template"),
     )
 
 
@@ -108,6 +110,15 @@ def family_for_architecture(architecture: str) -> FamilyConfig:
         supported = ", ".join(sorted(families))
         raise ValueError(f"unsupported model architecture {architecture!r}; supported: {supported}")
     return families[architecture]
+
+
+def default_chat_template(architecture: str | None) -> str | None:
+    """The family's own chat template (Jinja text) for a GGUF of `architecture` that carries no
+    `tokenizer.chat_template`; None when the architecture is unknown or its family names none."""
+    family = load_families().get(architecture or "")
+    if family is None or not family.chat_template:
+        return None
+    return (configs_dir() / "chat_templates" / family.chat_template).read_text(encoding="utf-8")
 
 
 def eval_expr(expr: str, names: Mapping[str, Any]) -> int:

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from cupyserve.runtime.gguf_metadata import read_metadata
+from cupyserve.runtime.models.family import default_chat_template
 from cupyserve.runtime.tokenizer import Tokenizer
 
 from conftest import shared_dir
@@ -62,5 +63,7 @@ def test_gemma3_special_ids(tokenizer):
     assert (tokenizer.bos_id, tokenizer.eos_id, tokenizer.add_bos) == (2, 1, True)
     assert tokenizer.bos_token == "<bos>" and tokenizer.eos_token == "<eos>"
     assert tokenizer.eos_ids == frozenset({1, 106})  # <eos> and <end_of_turn>
-    assert tokenizer.chat_template is None  # this file (the base model) carries no template
+    # This file (the base model) carries no template: the gemma3 family's own applies.
+    assert tokenizer.chat_template == default_chat_template("gemma3")
+    assert tokenizer.chat_template.lstrip().startswith("{#- Gemma")
     assert not tokenizer.vocab.rstrip_ids and not tokenizer.vocab.lstrip_ids
