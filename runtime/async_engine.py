@@ -7,6 +7,8 @@ with `loop.call_soon_threadsafe`.
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 import time
 from collections import deque
@@ -21,6 +23,25 @@ from .sampling_params import SamplingParams
 from .scheduler import RequestTooLarge
 
 _MAX_WAITING_PER_SEQ_SLOT = 8  # waiting queue limit = this x max_num_seqs; beyond it: 503
+# The engine thread holds the GIL between the NumPy calls of a step. A thread waiting for the GIL
+# gets it only after this interval (CPython's default: 5 ms), and answering one HTTP request takes
+# several acquisitions: at 5 ms, /health during a long prefill took ~15 ms. 0.5 ms keeps answers
+# under 10 ms at a cost of a few more thread switches per step (compute is in NumPy, GIL-free).
+_GIL_SWITCH_INTERVAL_S = 0.0005
+# When the cores are busy (other processes, BLAS threads), the OS should run the event loop, which
+# needs little CPU but needs it now, before the engine's compute: a nicer engine thread took
+# /health during a long prefill on a loaded 2-core box from ~11 ms to ~2 ms. No effect when idle.
+_ENGINE_THREAD_NICENESS = 5
+
+
+def _lower_own_thread_priority() -> None:
+    """Raise the calling thread's nice value (Linux: per thread); quietly nothing elsewhere."""
+    try:
+        thread_id = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread_id,
+                       os.getpriority(os.PRIO_PROCESS, thread_id) + _ENGINE_THREAD_NICENESS)
+    except (AttributeError, OSError):
+        pass
 
 
 @dataclass
@@ -50,6 +71,7 @@ class AsyncEngine:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
+        sys.setswitchinterval(min(sys.getswitchinterval(), _GIL_SWITCH_INTERVAL_S))
         self._thread.start()
 
     @property
@@ -130,6 +152,7 @@ class AsyncEngine:
     # ------------------------------------------------------------------ engine thread
 
     def _run(self) -> None:
+        _lower_own_thread_priority()
         engine = self.engine
         while True:
             with self._wakeup:

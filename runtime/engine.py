@@ -2,9 +2,16 @@
 
 `LLMEngine` is single-threaded (the async wrapper in `runtime.async_engine` runs it on its own
 thread). One `step()` = schedule a ragged batch -> model forward -> sample -> stop checks.
+
+Environment switches (for tests and debugging):
+- `CUPYSERVE_CHECK_INTEGRITY=1`: after every step, check the scheduler's and block manager's
+  invariants; a violation is logged as an `error` event and makes `health()` report unhealthy.
+- `CUPYSERVE_FAULT_OOM_AT_ALLOC=N`: the backend raises its OOM error at the Nth step-scoped
+  allocation, counted from the end of startup (see `kernels.cpu_ops`).
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -31,6 +38,10 @@ from .sequence import Sequence
 from .tokenizer import Tokenizer
 
 
+CHECK_INTEGRITY_ENV = "CUPYSERVE_CHECK_INTEGRITY"
+FAULT_OOM_ENV = "CUPYSERVE_FAULT_OOM_AT_ALLOC"
+
+
 def pick_device(requested: str) -> str:
     if requested == "auto":
         return "cuda" if cuda_available() else "cpu"
@@ -46,8 +57,10 @@ class LLMEngine:
         log_event("model_load_start", model=str(path), device=self.device)
         load_start = time.monotonic()
         self.gguf = GGUFFile.open(path)
+        self._quant_kind = self._describe_quant_kind()
         self.tokenizer = Tokenizer.from_gguf_metadata(self.gguf.metadata)
         self.ops = get_ops(self.device)
+        self._pause_fault_injection()
         self.model = load_model(self.gguf, self.ops, self._progress_reporter())
         self.config = self.model.config
         self.model_name = args.served_model_name or path.name.removesuffix(".gguf")
@@ -70,6 +83,9 @@ class LLMEngine:
                                        quant_kind=self.quant_kind, device=self.device).set(1)
         self.requests: dict[str, RequestState] = {}
         self.num_requests_seen = 0
+        self.is_checking_integrity = os.environ.get(CHECK_INTEGRITY_ENV, "") == "1"
+        self.integrity_error: str | None = None  # the first violation found; sticky
+        self._restart_fault_injection()
         log_event("model_load_complete", model=self.model_name, family=self.config.family,
                   device=self.device, seconds=round(time.monotonic() - load_start, 3),
                   weight_bytes=self.model.num_weight_bytes, kv_blocks=self.kv_cache.num_blocks,
@@ -104,8 +120,23 @@ class LLMEngine:
         return min(plan_num_blocks(self.config, self.args.block_size, budget), max(needed, 1),
                    max(budget // per_block, 1))
 
+    # Injected OOMs target steps: startup's own allocations (the KV pool) neither fail nor count,
+    # so N=1 fails the first step whatever the model's layer count.
+    def _pause_fault_injection(self) -> None:
+        if os.environ.get(FAULT_OOM_ENV) and hasattr(self.ops, "set_fault_injection"):
+            self.ops.set_fault_injection(0)
+
+    def _restart_fault_injection(self) -> None:
+        fail_at = int(os.environ.get(FAULT_OOM_ENV, "0") or 0)
+        if fail_at and hasattr(self.ops, "set_fault_injection"):
+            self.ops.set_fault_injection(fail_at)
+
     @property
     def quant_kind(self) -> str:
+        return self._quant_kind
+
+    def _describe_quant_kind(self) -> str:
+        """GGML types by bytes, largest first; computed once since /health must stay cheap."""
         counts: dict[str, int] = {}
         for info in self.gguf.tensors.values():
             name = getattr(info.ggml_type, "name", str(info.ggml_type))
@@ -170,7 +201,34 @@ class LLMEngine:
     # ------------------------------------------------------------------ the step
 
     def step(self) -> list[StepOutput]:
-        """Run one batch; returns the deltas produced (finished requests included)."""
+        """Run one batch; returns the deltas produced (finished requests included).
+
+        In integrity mode the invariants are checked after the step, whatever it did."""
+        try:
+            return self._step()
+        finally:
+            if self.is_checking_integrity:
+                self.verify_integrity()
+
+    def verify_integrity(self) -> bool:
+        """Check the scheduler's and block manager's invariants and that every request the engine
+        tracks is one the scheduler holds. A violation is logged as an `error` event and kept in
+        `integrity_error` (health turns unhealthy); returns whether everything held."""
+        try:
+            self.scheduler.check_integrity()
+            held = {s.request_id for s in self.scheduler.running + self.scheduler.waiting}
+            assert held == set(self.requests), (
+                f"engine requests {sorted(set(self.requests) - held)} unknown to the scheduler, "
+                f"scheduler sequences {sorted(held - set(self.requests))} unknown to the engine")
+        except AssertionError as exc:
+            message = str(exc) or "assertion failed"
+            log_event("error", kind="integrity", message=message)
+            if self.integrity_error is None:
+                self.integrity_error = message
+            return False
+        return True
+
+    def _step(self) -> list[StepOutput]:
         output = self.scheduler.schedule()
         for seq in output.preempted:
             self.metrics.num_preemptions.inc()
@@ -287,6 +345,9 @@ class LLMEngine:
     def health(self) -> dict[str, Any]:
         free_blocks = self.block_manager.num_free_blocks
         return {
+            "healthy": self.integrity_error is None,
+            "integrity_checking": self.is_checking_integrity,
+            "integrity_error": self.integrity_error,
             "family": self.config.family,
             "architecture": self.config.architecture,
             "quant_kind": self.quant_kind,

@@ -1,7 +1,8 @@
 """Everything that is not generation: models, health, metrics, tokenize/detokenize, cancel.
 
 `/health` answers 200 with `status: "ok"`, or 503 with `status: "shutting_down"` once shutdown
-began (so load balancers stop routing here). `/v1/cancel` answers 202 for a live or recently
+began (so load balancers stop routing here) or `status: "unhealthy"` when the engine reports
+`healthy: false` (an integrity check failed). `/v1/cancel` answers 202 for a live or recently
 finished completion id (idempotent) and 404 for an id the server never issued.
 """
 from __future__ import annotations
@@ -46,11 +47,17 @@ async def get_model(request: Request) -> Response:
 
 async def health(request: Request) -> Response:
     state = _state(request)
-    status = "ok" if state.accepting else "shutting_down"
+    engine_health = state.engine.health()
+    if not state.accepting:
+        status = "shutting_down"
+    elif engine_health.get("healthy", True) is False:  # e.g. an integrity check failed
+        status = "unhealthy"
+    else:
+        status = "ok"
     body = {"status": status, "model": state.engine.model_name,
             "uptime_seconds": round(state.uptime_seconds, 3)}
     # The engine's fields first, ours last: `status` must reflect admission as the server sees it.
-    body = {**state.engine.health(), **body}
+    body = {**engine_health, **body}
     return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from runtime_support import runtime_http, runtime_server  # noqa: F401 - one server for the runtime modules
 from server_process import RunningServer, start_server, stop_server
 
 
