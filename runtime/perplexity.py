@@ -1,8 +1,10 @@
 """Perplexity with llama.cpp's llama-perplexity protocol, run through the real engine.
 
-Tokenize the whole text once; cut it into consecutive chunks of `ctx` tokens (the remainder is
-dropped); when the tokenizer adds BOS, the first token of every chunk is replaced by BOS (as
-llama-perplexity does). Each chunk is evaluated independently from an empty cache; the tokens at
+Tokenize the whole text once with the model's special tokens (BOS first when the tokenizer adds
+one, as llama-perplexity's `common_tokenize(..., add_special=true)` does: this shifts every chunk
+boundary by one token); cut it into consecutive chunks of `ctx` tokens (the remainder is dropped);
+when the tokenizer adds BOS, the first token of every chunk is replaced by BOS. Each chunk is
+evaluated independently from an empty cache; the tokens at
 positions ctx/2 + 1 .. ctx - 1 are scored, each predicted from every token before it in its chunk.
 PPL = exp(mean NLL); the standard error is propagated from the NLL variance like llama.cpp.
 """
@@ -42,7 +44,7 @@ def evaluate_perplexity(engine: LLMEngine, text: str, ctx: int, show_progress: b
     if ctx < 4 or ctx > engine.max_model_len - 1:
         raise ValueError(f"ctx must be between 4 and {engine.max_model_len - 1}")
     tokenizer = engine.tokenizer
-    token_ids = tokenizer.encode(text, add_special_tokens=False, parse_special=False)
+    token_ids = tokenizer.encode(text, add_special_tokens=True, parse_special=False)
     chunks = chunk_tokens(token_ids, ctx, tokenizer.bos_id if tokenizer.add_bos else None)
     if not chunks:
         raise ValueError(f"the text has {len(token_ids)} tokens, fewer than one chunk of {ctx}")
