@@ -51,35 +51,31 @@ def paged_attention(
     group = num_heads // num_kv_heads
     out = np.empty_like(q)
     starts = batch.query_start_host
+    # Batch invariance: every query row is computed alone, over exactly its own visible keys, so
+    # its matmul shapes (hence BLAS kernels and rounding) never depend on how its sequence was
+    # chunked or what else shares the step. Same logits alone, batched, chunked or after a
+    # prefix-cache hit (the engine's batch-invariance tests need this, like linear's row tiles).
     for s in range(batch.num_seqs):
         q_begin, q_end = starts[s], starts[s + 1]
         query_len = q_end - q_begin
         context_len = batch.context_lens_host[s]
-        keys = gather_context(k_cache, batch.block_tables[s], context_len)  # [ctx, kv, hd]
-        values = gather_context(v_cache, batch.block_tables[s], context_len)
-        # [kv, group * query_len, hd] so each KV head's queries run as one matmul.
-        q_seq = q[q_begin:q_end].reshape(query_len, num_kv_heads, group, head_dim)
-        q_seq = q_seq.transpose(1, 2, 0, 3).reshape(num_kv_heads, group * query_len, head_dim)
-        scores = np.matmul(q_seq, keys.transpose(1, 2, 0)) * np.float32(scale)  # [kv, g*q, ctx]
-        if softcap:
-            scores = np.float32(softcap) * np.tanh(scores / np.float32(softcap))
-        query_pos = np.arange(context_len - query_len, context_len)
-        key_pos = np.arange(context_len)
-        visible = key_pos[None, :] <= query_pos[:, None]  # [q, ctx]
-        if sliding_window:
-            visible &= query_pos[:, None] - key_pos[None, :] < sliding_window
-        mask = np.where(visible, np.float32(0.0), np.float32(-np.inf))
-        scores = scores.reshape(num_kv_heads, group, query_len, context_len) + mask
-        row_max = scores.max(axis=-1, keepdims=True)
-        if sinks is not None:
-            sink = sinks.reshape(num_kv_heads, group, 1, 1).astype(np.float32)
-            row_max = np.maximum(row_max, sink)
-        weights = np.exp(scores - row_max)
-        denom = weights.sum(axis=-1, keepdims=True)
-        if sinks is not None:
-            denom = denom + np.exp(sink - row_max)
-        weights = (weights / denom).reshape(num_kv_heads, group * query_len, context_len)
-        attended = np.matmul(weights, values.transpose(1, 0, 2))  # [kv, g*q, hd]
-        attended = attended.reshape(num_kv_heads, group, query_len, head_dim).transpose(2, 0, 1, 3)
-        out[q_begin:q_end] = attended.reshape(query_len, num_heads, head_dim)
+        keys = gather_context(k_cache, batch.block_tables[s], context_len).transpose(1, 2, 0)  # [kv, hd, ctx]
+        values = gather_context(v_cache, batch.block_tables[s], context_len).transpose(1, 0, 2)  # [kv, ctx, hd]
+        for row in range(query_len):
+            position = context_len - query_len + row
+            first = max(0, position + 1 - sliding_window) if sliding_window else 0
+            q_row = q[q_begin + row].reshape(num_kv_heads, group, head_dim)
+            scores = np.matmul(q_row, keys[:, :, first:position + 1]) * np.float32(scale)  # [kv, g, n]
+            if softcap:
+                scores = np.float32(softcap) * np.tanh(scores / np.float32(softcap))
+            row_max = scores.max(axis=-1, keepdims=True)
+            if sinks is not None:
+                sink = sinks.reshape(num_kv_heads, group, 1).astype(np.float32)
+                row_max = np.maximum(row_max, sink)
+            weights = np.exp(scores - row_max)
+            denom = weights.sum(axis=-1, keepdims=True)
+            if sinks is not None:
+                denom = denom + np.exp(sink - row_max)
+            attended = np.matmul(weights / denom, values[:, first:position + 1])  # [kv, g, hd]
+            out[q_begin + row] = attended.reshape(num_heads, head_dim)
     return out
