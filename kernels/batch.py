@@ -25,3 +25,8 @@ class AttentionBatch:
     max_context_len: int
     query_start_host: tuple[int, ...] = ()  # host copy, for the reference kernels' Python loop
     context_lens_host: tuple[int, ...] = ()
+    # Host bool per row: True for a generated token (position past its sequence's prompt). A
+    # row's role, unlike the batch it lands in, is a property of the request alone, so linear
+    # kernels may pick their algorithm by it and stay batch invariant (see reference/linear.py).
+    generated_rows: Any = None  # [num_tokens] bool
+    logits_generated_rows: Any = None  # [num_logits] bool: the same for the rows whose logits are wanted

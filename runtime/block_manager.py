@@ -188,7 +188,11 @@ class BlockManager:
         """
         if not self.enable_prefix_caching or seq.request_id not in self._live_seqs:
             return
-        num_full_blocks = min(seq.num_computed_tokens // self.block_size, len(seq.block_table))
+        # Only prompt blocks: generated tokens are computed by another kernel path (see
+        # kernels/reference/linear.py), so their K/V would not be bit-identical to what a later
+        # request computing them as prompt gets alone, and cache hits would change its output.
+        num_computed_prompt = min(seq.num_computed_tokens, seq.num_prompt_tokens)
+        num_full_blocks = min(num_computed_prompt // self.block_size, len(seq.block_table))
         first = self._num_registered_blocks.get(seq.request_id, 0)
         if first >= num_full_blocks:
             return

@@ -39,6 +39,7 @@ class ModelRunner:
         query_start = [0]
         context_lens: list[int] = []
         logits_indices: list[int] = []
+        generated_rows: list[bool] = []
         rows: list[slice] = []
         max_blocks = max(len(e.seq.block_table) for e in entries)
         block_tables = np.zeros((len(entries), max_blocks), dtype=np.int32)
@@ -48,6 +49,7 @@ class ModelRunner:
             token_ids.extend(seq.all_token_ids[begin:end])
             span = np.arange(begin, end)
             positions.extend(span.tolist())
+            generated_rows.extend((span >= seq.num_prompt_tokens).tolist())
             table = np.asarray(seq.block_table, dtype=np.int64)
             slots.extend((table[span // block_size] * block_size + span % block_size).tolist())
             block_tables[index, : len(seq.block_table)] = seq.block_table
@@ -60,6 +62,10 @@ class ModelRunner:
             elif entry.is_sampling:
                 logits_indices.append(row0 + entry.num_tokens - 1)
             rows.append(slice(first, len(logits_indices)))
+        if not logits_indices:
+            # Pure intermediate prefill chunks: K/V must still be written; no logits are read.
+            logits_indices = [len(token_ids) - 1]
+        generated_mask = np.asarray(generated_rows, dtype=bool)
         batch = AttentionBatch(
             query_start=ops.upload(np.asarray(query_start, dtype=np.int32)),
             context_lens=ops.upload(np.asarray(context_lens, dtype=np.int32)),
@@ -71,10 +77,9 @@ class ModelRunner:
             max_context_len=max(context_lens),
             query_start_host=tuple(query_start),
             context_lens_host=tuple(context_lens),
+            generated_rows=generated_mask,
+            logits_generated_rows=generated_mask[logits_indices],
         )
-        if not logits_indices:
-            # Pure intermediate prefill chunks: K/V must still be written; no logits are read.
-            logits_indices = [len(token_ids) - 1]
         logits = self.model.forward(
             ops.upload(np.asarray(token_ids, dtype=np.int32)),
             batch,

@@ -147,6 +147,7 @@ def linear(
     x: cupy.ndarray,  # [num_tokens, in_features] float32
     weight: QuantizedWeight,
     bias: cupy.ndarray | None = None,  # [out_features] float32
+    generated_rows=None,  # [num_tokens] host bool; the GPU path is chosen by batch size for now
 ) -> cupy.ndarray:  # [num_tokens, out_features] float32
     x = cupy.ascontiguousarray(x, dtype=np.float32)
     num_tokens, num_cols = x.shape

@@ -87,9 +87,10 @@ class DecoderModel:
                 normed, residual = self.add_norm(hidden, residual, layer["attn_norm"])
             hidden = self.attention_block(layer, normed, cos, sin, batch, kv_caches[index])
             normed, residual = self.add_norm(hidden, residual, layer["ffn_norm"])
-            hidden = self.ffn_block(layer, normed)
+            hidden = self.ffn_block(layer, normed, batch.generated_rows)
         hidden = hidden[logits_indices] + residual[logits_indices]
-        return ops.linear(self.norm(hidden, self.output_norm), self.output)
+        return ops.linear(self.norm(hidden, self.output_norm), self.output,
+                          generated_rows=batch.logits_generated_rows)
 
     def layer_rope(self, index: int) -> tuple[float, float]:
         """(rope base, position scale) of layer `index`; families with per-layer rope override."""
@@ -124,7 +125,8 @@ class DecoderModel:
                         batch: AttentionBatch, kv_cache: tuple[Any, Any]) -> Any:
         cfg, ops = self.config, self.ops
         num_tokens = x.shape[0]
-        qkv = ops.linear(x, layer["attn_qkv"], layer.get("attn_qkv_bias"))
+        rows = batch.generated_rows
+        qkv = ops.linear(x, layer["attn_qkv"], layer.get("attn_qkv_bias"), generated_rows=rows)
         q = qkv[:, : cfg.q_size].reshape(num_tokens, cfg.num_heads, cfg.head_dim)
         k = qkv[:, cfg.q_size : cfg.q_size + cfg.kv_size].reshape(num_tokens, cfg.num_kv_heads, cfg.head_dim)
         v = qkv[:, cfg.q_size + cfg.kv_size :].reshape(num_tokens, cfg.num_kv_heads, cfg.head_dim)
@@ -133,7 +135,8 @@ class DecoderModel:
         ops.write_kv(k_cache, v_cache, k, v, batch.slot_mapping)
         attended = ops.paged_attention(q, k_cache, v_cache, batch, cfg.attention_scale,
                                        **self.attention_options(layer))
-        return ops.linear(attended.reshape(num_tokens, cfg.q_size), layer["attn_output"])
+        return ops.linear(attended.reshape(num_tokens, cfg.q_size), layer["attn_output"],
+                          generated_rows=rows)
 
     def qk_transform(self, layer: LayerWeights, q: Any, k: Any, cos: Any, sin: Any) -> tuple[Any, Any]:
         style = self.config.rope_style
@@ -142,13 +145,14 @@ class DecoderModel:
     def attention_options(self, layer: LayerWeights) -> dict[str, Any]:
         return {}
 
-    def ffn_block(self, layer: LayerWeights, x: Any) -> Any:
+    def ffn_block(self, layer: LayerWeights, x: Any, rows: Any = None) -> Any:
         ops = self.ops
-        if self.config.activation == "swiglu":
-            return ops.linear(ops.swiglu(ops.linear(x, layer["ffn_gate_up"])), layer["ffn_down"])
-        if self.config.activation == "geglu":
-            return ops.linear(ops.geglu(ops.linear(x, layer["ffn_gate_up"])), layer["ffn_down"])
-        return ops.linear(ops.gelu(ops.linear(x, layer["ffn_up"])), layer["ffn_down"])
+        if self.config.activation in ("swiglu", "geglu"):
+            gate_up = ops.linear(x, layer["ffn_gate_up"], generated_rows=rows)
+            gated = ops.swiglu(gate_up) if self.config.activation == "swiglu" else ops.geglu(gate_up)
+            return ops.linear(gated, layer["ffn_down"], generated_rows=rows)
+        return ops.linear(ops.gelu(ops.linear(x, layer["ffn_up"], generated_rows=rows)), layer["ffn_down"],
+                          generated_rows=rows)
 
 
 def host_int_array(values, dtype=np.int32) -> np.ndarray:

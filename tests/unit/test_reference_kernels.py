@@ -14,10 +14,16 @@ def test_linear_rows_are_batch_invariant():
     """A row's result must not depend on how many rows share the call or where it sits."""
     rng = np.random.default_rng(1)
     weight = linear.DenseWeight(rng.standard_normal((300, 96)).astype(np.float32), "q8_32")
+    generated = rng.random(37) < 0.5
     rows = rng.standard_normal((37, 96)).astype(np.float32)
-    alone = np.stack([linear.linear(rows[i : i + 1], weight)[0] for i in range(len(rows))])
+    alone = np.stack([linear.linear(rows[i : i + 1], weight, generated_rows=generated[i : i + 1])[0]
+                      for i in range(len(rows))])
     for begin, end in [(0, 37), (3, 20), (5, 6), (9, 17)]:
-        assert np.array_equal(linear.linear(rows[begin:end], weight), alone[begin:end])
+        batched = linear.linear(rows[begin:end], weight, generated_rows=generated[begin:end])
+        assert np.array_equal(batched, alone[begin:end])
+    # Both paths compute the same product (to float rounding).
+    reference = linear.round_activations(rows, "q8_32").astype(np.float64) @ weight.matrix.T
+    assert np.allclose(linear.linear(rows, weight, generated_rows=generated), reference, rtol=1e-4, atol=1e-4)
 
 
 def test_q8_activation_rounding_matches_ggml_block_quantization():
