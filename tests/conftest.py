@@ -1,21 +1,16 @@
 """Shared fixtures: where the reference data lives and the real default model."""
 from __future__ import annotations
 
-import os
+import sys
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+# Test modules in every folder import `testdata` (pytest gives all conftest.py files one module
+# name, so a helper must not live in a conftest).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def shared_dir() -> Path:
-    """`../shared` beside the checkout (CI lays it there too), or $CUPYSERVE_SHARED_DIR."""
-    override = os.environ.get("CUPYSERVE_SHARED_DIR")
-    path = Path(override) if override else REPO_ROOT.parent / "shared"
-    if not (path / "goldens").is_dir():
-        raise RuntimeError(f"reference data not found at {path}; set CUPYSERVE_SHARED_DIR")
-    return path
+from testdata import REPO_ROOT, shared_dir  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from cupyserve.runtime.gguf_metadata import read_metadata
 from cupyserve.runtime.models.family import default_chat_template
 from cupyserve.runtime.tokenizer import Tokenizer
 
-from conftest import shared_dir
+from testdata import shared_dir
 
 GOLDENS = json.loads((shared_dir() / "goldens" / "gemma3-270m-q4_k_m.json").read_text(encoding="utf-8"))
 TOKENIZATIONS = GOLDENS["tokenizations"]

@@ -9,7 +9,7 @@ import pytest
 from cupyserve.runtime.gguf_metadata import read_metadata
 from cupyserve.runtime.tokenizer import Tokenizer
 
-from conftest import shared_dir
+from testdata import shared_dir
 
 GOLDENS = json.loads((shared_dir() / "goldens" / "smollm2-135m-instruct-q4_1.json").read_text(encoding="utf-8"))
 TOKENIZATIONS = GOLDENS["tokenizations"]

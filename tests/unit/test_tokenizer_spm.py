@@ -12,7 +12,7 @@ from cupyserve.runtime.gguf_metadata import read_metadata
 from cupyserve.runtime.gguf_vocab import TokenType
 from cupyserve.runtime.tokenizer import Tokenizer
 
-from conftest import shared_dir
+from testdata import shared_dir
 from test_tokenizer_vocab import SENTENCEPIECE_NAMES, read_cases, vocab_path
 
 

@@ -15,7 +15,7 @@ import pytest
 from cupyserve.runtime.gguf_metadata import read_metadata
 from cupyserve.runtime.tokenizer import Tokenizer, TokenizerError
 
-from conftest import shared_dir
+from testdata import shared_dir
 
 BYTE_LEVEL_NAMES = ("gpt-2", "llama-bpe", "qwen2")
 SENTENCEPIECE_NAMES = ("phi-3", "llama-spm")

@@ -1,0 +1,17 @@
+"""Where the reference data of the tests lives (imported by tests; tests/conftest.py puts this
+folder on sys.path so the import works from every test folder)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path:
+    """`../shared` beside the checkout (CI lays it there too), or $CUPYSERVE_SHARED_DIR."""
+    override = os.environ.get("CUPYSERVE_SHARED_DIR")
+    path = Path(override) if override else REPO_ROOT.parent / "shared"
+    if not (path / "goldens").is_dir():
+        raise RuntimeError(f"reference data not found at {path}; set CUPYSERVE_SHARED_DIR")
+    return path
