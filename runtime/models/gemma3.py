@@ -87,8 +87,8 @@ class Gemma3Model(DecoderModel):
         attended = super().attention_block(layer, x, cos, sin, batch, kv_cache)
         return self.norm(attended, layer["post_attention_norm"])
 
-    def ffn_block(self, layer: LayerWeights, x: Any) -> Any:
-        return self.norm(super().ffn_block(layer, x), layer["post_ffw_norm"])
+    def ffn_block(self, layer: LayerWeights, x: Any, rows: Any = None) -> Any:
+        return self.norm(super().ffn_block(layer, x, rows), layer["post_ffw_norm"])
 
     def forward(self, token_ids: Any, batch: AttentionBatch, kv_caches: list[tuple[Any, Any]],
                 logits_indices: Any) -> Any:  # [num_logits, vocab_size] float32
