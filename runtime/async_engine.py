@@ -60,6 +60,8 @@ class AsyncEngine:
         self.tokenizer = engine.tokenizer
         self.model_name = engine.model_name
         self.max_model_len = engine.max_model_len
+        self.model_info = {"family": engine.config.family, "architecture": engine.config.architecture,
+                           "quant_kind": engine.quant_kind, "device": engine.device}
         self._commands: deque[Any] = deque()
         self._wakeup = threading.Condition()
         self._streams: dict[str, tuple[asyncio.Queue, asyncio.AbstractEventLoop]] = {}

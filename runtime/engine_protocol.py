@@ -22,6 +22,7 @@ class RequestRejected(Exception):
 class EngineClient(Protocol):
     model_name: str  # the id /v1/models reports
     max_model_len: int  # context length in tokens
+    model_info: dict  # static facts for /v1/models: family, architecture, quant_kind, device
     tokenizer: Any  # runtime.tokenizer.Tokenizer
 
     @property

@@ -30,7 +30,8 @@ def _state(request: Request) -> ServerState:
 def _model_card(state: ServerState, model_id: str) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": state.created, "owned_by": "cupyserve",
             "root": state.engine.model_name, "parent": None,
-            "max_model_len": state.engine.max_model_len}
+            "max_model_len": state.engine.max_model_len,
+            **getattr(state.engine, "model_info", {})}
 
 
 async def list_models(request: Request) -> Response:

@@ -11,6 +11,7 @@ def test_models(openai_client, http, server):
     assert [m.id for m in models.data] == [server.model]
     card = http.get("/v1/models").json()["data"][0]
     assert card["object"] == "model" and card["max_model_len"] == 2048
+    assert card["family"] == "llama" and card["device"] == "cpu" and card["quant_kind"].startswith("Q4_1")
 
 
 def test_health_fields(http, server):
