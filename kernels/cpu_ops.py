@@ -5,10 +5,9 @@ loading, the model ops, sampling helpers, and memory management with the backend
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
+from .fault_injection import FaultInjection
 from .reference import activation, attention, norm, rope
 from .reference import linear as linear_ops
 
@@ -17,10 +16,11 @@ class DeviceOutOfMemory(MemoryError):
     """The backend could not allocate device memory (on CPU: only raised by fault injection)."""
 
 
-class CpuOps:
+class CpuOps(FaultInjection):
     name = "cpu"
     xp = np
     OutOfMemoryError: type[BaseException] = DeviceOutOfMemory
+    injected_oom_error = DeviceOutOfMemory
 
     # Model ops (signatures and shapes documented on the reference functions).
     rms_norm = staticmethod(norm.rms_norm)
@@ -38,11 +38,6 @@ class CpuOps:
     can_fuse = staticmethod(linear_ops.can_fuse)
     linear = staticmethod(linear_ops.linear)
     embedding = staticmethod(linear_ops.embedding)
-
-    def __init__(self) -> None:
-        # Fault injection for OOM-recovery tests: the Nth step allocation after start raises.
-        self._alloc_count = 0
-        self._fail_at = int(os.environ.get("CUPYSERVE_FAULT_OOM_AT_ALLOC", "0") or 0)
 
     def asarray(self, host_array: np.ndarray, dtype=None) -> np.ndarray:
         """Resident data (weights): a device copy of a host array."""
@@ -63,16 +58,6 @@ class CpuOps:
     def zeros(self, shape, dtype) -> np.ndarray:
         self.check_alloc()
         return np.zeros(shape, dtype=dtype)
-
-    def check_alloc(self) -> None:
-        """Count one step-scoped allocation; raise the backend OOM error when fault injection says."""
-        self._alloc_count += 1
-        if self._fail_at and self._alloc_count == self._fail_at:
-            raise DeviceOutOfMemory(f"injected out-of-memory at allocation {self._alloc_count}")
-
-    def set_fault_injection(self, fail_at_alloc: int) -> None:
-        self._alloc_count = 0
-        self._fail_at = fail_at_alloc
 
     def synchronize(self) -> None:
         return None

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..kernels import cuda_available, get_ops
+from ..kernels.fault_injection import FAULT_OOM_ENV
 from .block_manager import BlockManager
 from .catalog import resolve_model
 from .detokenizer import IncrementalDetokenizer, StopStringMatcher
@@ -39,7 +40,6 @@ from .tokenizer import Tokenizer
 
 
 CHECK_INTEGRITY_ENV = "CUPYSERVE_CHECK_INTEGRITY"
-FAULT_OOM_ENV = "CUPYSERVE_FAULT_OOM_AT_ALLOC"
 
 
 def pick_device(requested: str) -> str:

@@ -22,27 +22,13 @@ from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGMLQuant
 
 from .gguf_header import GGUFError, HeaderCursor, read_key_values
 
+# The quantizations the kernels implement (DESIGN.md); anything else is refused at open.
+from ..kernels.reference.dequant import SUPPORTED_TYPES
+
 __all__ = ["GGUFError", "GGUFFile", "TensorInfo", "SUPPORTED_TYPES", "SUPPORTED_VERSIONS"]
 
 SUPPORTED_VERSIONS = (2, 3)
 
-# The quantizations the kernels implement (DESIGN.md); anything else is refused at open.
-SUPPORTED_TYPES = frozenset(
-    {
-        GGMLQuantizationType.F32,
-        GGMLQuantizationType.F16,
-        GGMLQuantizationType.BF16,
-        GGMLQuantizationType.Q8_0,
-        GGMLQuantizationType.Q4_0,
-        GGMLQuantizationType.Q4_1,
-        GGMLQuantizationType.Q5_0,
-        GGMLQuantizationType.Q5_1,
-        GGMLQuantizationType.Q4_K,
-        GGMLQuantizationType.Q5_K,
-        GGMLQuantizationType.Q6_K,
-        GGMLQuantizationType.MXFP4,
-    }
-)
 
 # ggml tensors have at most 4 dimensions; more means a corrupt tensor directory.
 MAX_DIMS = 4

@@ -7,11 +7,10 @@ reference's (kernels/reference/*.py); numerics are documented in docs/cuda.md.
 """
 from __future__ import annotations
 
-import os
-
 import cupy
 import numpy as np
 
+from ..fault_injection import FaultInjection
 from . import activation, attention, linear as linear_ops, norm, rope, weights
 
 
@@ -22,10 +21,11 @@ class InjectedOutOfMemory(cupy.cuda.memory.OutOfMemoryError):
         MemoryError.__init__(self, message)
 
 
-class CudaOps:
+class CudaOps(FaultInjection):
     name = "cuda"
     xp = cupy
     OutOfMemoryError: type[BaseException] = cupy.cuda.memory.OutOfMemoryError
+    injected_oom_error = InjectedOutOfMemory
 
     # Model ops (signatures and shapes documented on the launchers and the reference functions).
     rms_norm = staticmethod(norm.rms_norm)
@@ -43,11 +43,6 @@ class CudaOps:
     can_fuse = staticmethod(weights.can_fuse)
     linear = staticmethod(linear_ops.linear)
     embedding = staticmethod(linear_ops.embedding)
-
-    def __init__(self) -> None:
-        # Fault injection for OOM-recovery tests: the Nth step allocation after start raises.
-        self._alloc_count = 0
-        self._fail_at = int(os.environ.get("CUPYSERVE_FAULT_OOM_AT_ALLOC", "0") or 0)
 
     def asarray(self, host_array: np.ndarray, dtype=None) -> cupy.ndarray:
         """Resident data (weights): a device copy of a host array."""
@@ -68,16 +63,6 @@ class CudaOps:
     def zeros(self, shape, dtype) -> cupy.ndarray:
         self.check_alloc()
         return cupy.zeros(shape, dtype=dtype)
-
-    def check_alloc(self) -> None:
-        """Count one step-scoped allocation; raise the backend OOM error when fault injection says."""
-        self._alloc_count += 1
-        if self._fail_at and self._alloc_count == self._fail_at:
-            raise InjectedOutOfMemory(f"injected out-of-memory at allocation {self._alloc_count}")
-
-    def set_fault_injection(self, fail_at_alloc: int) -> None:
-        self._alloc_count = 0
-        self._fail_at = fail_at_alloc
 
     def synchronize(self) -> None:
         cupy.cuda.get_current_stream().synchronize()
