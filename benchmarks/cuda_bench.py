@@ -147,13 +147,16 @@ def run_level(engine, timer: StepTimer, num_seqs: int, prompt_len: int, gen_len:
     generated = 0
     prefill_steps, decode_steps = [], []
     capped = False
+    started: set[str] = set()  # sequences that have their first token (as runtime/bench.py)
     while engine.has_unfinished():
         in_decode = first_token_at is not None
         outputs, sample = timer.step()
         (decode_steps if in_decode else prefill_steps).append(sample)
         for out in outputs:
             generated += len(out.token_ids)
-        if first_token_at is None and generated >= num_seqs:
+            if out.token_ids:
+                started.add(out.request_id)
+        if first_token_at is None and len(started) >= num_seqs:
             first_token_at = time.perf_counter()
         if time.perf_counter() - start > cap_s:
             capped = engine.has_unfinished()
@@ -176,26 +179,27 @@ def run_level(engine, timer: StepTimer, num_seqs: int, prompt_len: int, gen_len:
 
 def profile_level(engine, timer: StepTimer, num_seqs: int, prompt_len: int, spin_ms: float,
                   seed: int) -> dict:
-    """A short run (8 generated tokens) whose decode steps 3..7 start behind a spin kernel:
+    """A short run (32 generated tokens) whose pure decode steps 3..7 start behind a spin kernel:
     gpu_forward_ms is then the forward's GPU time without launch gaps (valid when
     forward_launch_ms < spin_ms, i.e. nothing in the forward waits for the GPU)."""
     from cupyserve.runtime.sampling_params import SamplingParams
 
     rng = np.random.default_rng(seed)
-    params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    params = SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True)
     for i in range(num_seqs):
         engine.add_request(f"prof-{num_seqs}-{i}-{time.monotonic_ns()}",
                            rng.integers(100, 30000, size=prompt_len).tolist(), params)
-    samples, generated, step_index = [], 0, 0
+    samples, started, step_index = [], set(), 0
     while engine.has_unfinished():
-        decoding = generated >= num_seqs
-        timer.spin_ms = spin_ms if decoding and step_index >= 2 else 0.0
+        decoding = len(started) >= num_seqs  # pure decode steps only
+        timer.spin_ms = spin_ms if decoding and 2 <= step_index < 7 else 0.0
         outputs, sample = timer.step()
         if timer.spin_ms:
             samples.append(sample)
         step_index += decoding
         for out in outputs:
-            generated += len(out.token_ids)
+            if out.token_ids:
+                started.add(out.request_id)
     timer.spin_ms = 0.0
     summary = summarize(samples)
     summary["spin_ms"] = spin_ms
@@ -254,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
                        statistics.median(r["prefill_tokens_per_s"] for r in pp),
                        "runs": [r["prefill_tokens_per_s"] for r in pp],
                        "step": pp[-1]["prefill_steps"]}
+    if timer.cupy is not None:  # the 512-token forward's GPU time without launch gaps
+        timer.spin_ms = 2 * pp[-1]["prefill_steps"]["forward_launch_ms"] + 5
+        prof = run_level(engine, timer, 1, 512, 1, args.seed + 1, 60)["prefill_steps"]
+        prof["spin_ms"], timer.spin_ms = timer.spin_ms, 0.0
+        report["pp512"]["gpu_profile"] = prof
     save()
     for num_seqs, cap in zip(levels, caps):
         result = run_level(engine, timer, num_seqs, args.prompt_len, args.gen_len, args.seed, cap)
@@ -269,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"level {num_seqs} capped after {cap} s; higher levels skipped", flush=True)
             break
     print(f"pp512 prefill tok/s: {report['pp512']['prefill_tokens_per_s_median']}")
+    prof = report["pp512"].get("gpu_profile")
+    if prof:
+        print(f"pp512 forward: {prof['gpu_forward_ms']} ms GPU vs {prof['forward_launch_ms']} ms to issue "
+              f"(spin {prof['spin_ms']:.1f} ms)")
     print(f"{'seqs':>5} {'prefill':>9} {'decode':>9} {'step ms':>8} {'launch':>7} {'gpu fw':>7} "
           f"{'to_host':>7} {'sample':>7} {'sched':>6} {'prep':>6} {'ops':>5}")
     for r in report["results"]:

@@ -59,11 +59,16 @@ def run_offline(engine, num_seqs: int, prompt_len: int, gen_len: int, seed: int)
     start = time.perf_counter()
     first_token_at = None
     generated = 0
+    started: set[str] = set()  # sequences that have their first token
     while engine.has_unfinished():
         outputs = engine.step()
         for out in outputs:
             generated += len(out.token_ids)
-        if first_token_at is None and generated >= num_seqs:
+            if out.token_ids:
+                started.add(out.request_id)
+        # The prefill phase ends when *every* sequence has its first token: the scheduler packs
+        # decodes first, so early sequences generate while later prompts are still prefilling.
+        if first_token_at is None and len(started) >= num_seqs:
             first_token_at = time.perf_counter()
     end = time.perf_counter()
     engine.ops.synchronize()
