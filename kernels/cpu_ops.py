@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .fault_injection import FaultInjection
-from .reference import activation, attention, norm, rope
+from .reference import activation, attention, norm, rope, sampling
 from .reference import linear as linear_ops
 
 
@@ -38,6 +38,8 @@ class CpuOps(FaultInjection):
     can_fuse = staticmethod(linear_ops.can_fuse)
     linear = staticmethod(linear_ops.linear)
     embedding = staticmethod(linear_ops.embedding)
+    # Token sampling (kernels/reference/sampling.py; the CUDA twin is kernels/cuda/sampling.py).
+    sampling = sampling
 
     def asarray(self, host_array: np.ndarray, dtype=None) -> np.ndarray:
         """Resident data (weights): a device copy of a host array."""

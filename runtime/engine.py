@@ -77,7 +77,7 @@ class LLMEngine:
             self.block_manager,
         )
         self.runner = ModelRunner(self.model, self.ops, self.kv_cache)
-        self.sampler = Sampler(self.config.vocab_size)
+        self.sampler = Sampler(self.config.vocab_size, self.ops.sampling)
         self.metrics = engine_metrics()
         self.metrics.model_info.labels(model=self.model_name, family=self.config.family,
                                        quant_kind=self.quant_kind, device=self.device).set(1)
@@ -253,12 +253,16 @@ class LLMEngine:
         self.metrics.prompt_tokens.inc(sum(e.num_tokens for e in entries if e.is_prefill))
         sampling = [(i, e) for i, e in enumerate(entries) if e.is_sampling]
         for i, entry in enumerate(entries):
-            if wants_all[i]:
-                self._collect_prompt_logprobs(states[i], entry, step_logits.logits[step_logits.rows[i]])
+            if wants_all[i]:  # rare: this chunk's rows cross to the host
+                self._collect_prompt_logprobs(
+                    states[i], entry, self.ops.to_host(step_logits.logits[step_logits.rows[i]]))
         sampled: dict[str, int | None] = {}
         if sampling:
-            rows = np.stack([step_logits.logits[step_logits.rows[i]][-1] for i, _ in sampling])
-            results = self.sampler.sample(rows, [states[i] for i, _ in sampling])
+            try:
+                rows = self._sampling_rows(step_logits, [i for i, _ in sampling])
+                results = self.sampler.sample(rows, [states[i] for i, _ in sampling])
+            except self.ops.OutOfMemoryError as exc:
+                return self._fail_step(states, exc)
             for (i, entry), result in zip(sampling, results):
                 sampled[entry.request_id] = result.token_id
         logprob_by_id = {}
@@ -284,6 +288,15 @@ class LLMEngine:
                 outputs.append(out)
         self._update_gauges()
         return outputs
+
+    def _sampling_rows(self, step_logits, entry_indices: list[int]):
+        """The last logits row of each sampling entry, gathered with one index where the logits
+        live (no per-row copies; none at all when those rows are already all of them, in order)."""
+        logits = step_logits.logits
+        row_ids = [step_logits.rows[i].stop - 1 for i in entry_indices]
+        if row_ids == list(range(logits.shape[0])):
+            return logits
+        return logits[self.ops.sampling.xp.asarray(np.asarray(row_ids, dtype=np.int64))]
 
     def _collect_prompt_logprobs(self, state: RequestState, entry, logits: np.ndarray) -> None:
         """Row j of the chunk predicts the token at position start + j + 1."""

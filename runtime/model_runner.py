@@ -13,10 +13,11 @@ from .scheduler import ScheduledSequence
 
 @dataclass
 class StepLogits:
-    """Logits of one step, on the host. `rows[i]` are the rows of `logits` for entry i:
+    """Logits of one step, where the backend computed them (a device array on CUDA: only the
+    sampler's small results cross to the host). `rows[i]` are the rows of `logits` for entry i:
     just its last token when it samples, every chunk row when prompt logits were asked for."""
 
-    logits: np.ndarray  # [num_logits, vocab_size] float32
+    logits: Any  # [num_logits, vocab_size] float32, an array of `ops.xp`
     rows: list[slice]
 
 
@@ -86,4 +87,4 @@ class ModelRunner:
             self.kv_cache.layers,
             ops.upload(np.asarray(logits_indices, dtype=np.int64)),
         )
-        return StepLogits(logits=ops.to_host(logits), rows=rows)
+        return StepLogits(logits=logits, rows=rows)

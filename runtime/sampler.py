@@ -70,6 +70,8 @@ class Sampler:
     """Batched token choice.
 
     `sample` contract: logits row i belongs to states[i]; results come back in the same order.
+    `logits` lives where `ops` works (a NumPy array for the reference ops, a device array for the
+    CUDA twin); only the chosen ids and the requested logprobs are copied to the host.
     Columns at or beyond `vocab_size` (padding of some output matrices) are never chosen. Each
     non-greedy sequence consumes exactly one `rng.random()` per call, greedy ones none, so a
     sequence's tokens depend only on its own logits and RNG, never on the rest of the batch.
@@ -82,7 +84,7 @@ class Sampler:
 
     def sample(
         self,
-        logits: np.ndarray,  # [num_seqs, >= vocab_size] float32
+        logits,  # [num_seqs, >= vocab_size] float32, an array of `ops.xp`
         states: SequenceOf[SamplingState],
     ) -> list[SampleResult]:
         if logits.ndim != 2 or logits.shape[0] != len(states) or logits.shape[1] < self.vocab_size:
@@ -91,6 +93,7 @@ class Sampler:
         if len(states) == 0:
             return []
         ops = self.ops
+        xp = getattr(ops, "xp", np)
         raw = logits[:, : self.vocab_size]  # [num_seqs, vocab_size]
         if raw.dtype != np.float32:
             raw = raw.astype(np.float32)
@@ -105,21 +108,28 @@ class Sampler:
         work = raw  # [num_seqs, vocab_size]; copied before anything writes to it
         if adjusted_rows.size:
             work = raw.copy()
-            work[adjusted_rows] = self._adjust(work[adjusted_rows],
-                                               [states[i] for i in adjusted_rows])
+            adjusted_index = xp.asarray(adjusted_rows)
+            work[adjusted_index] = self._adjust(work[adjusted_index],
+                                                [states[i] for i in adjusted_rows])
 
         token_ids = np.empty(len(states), np.int64)  # [num_seqs]
         if greedy_rows.size:
             # A batch of pure greedy rows costs one argmax and no copy.
-            greedy_logits = work if greedy_rows.size == len(states) else work[greedy_rows]
+            greedy_logits = (work if greedy_rows.size == len(states)
+                             else work[xp.asarray(greedy_rows)])
             token_ids[greedy_rows] = ops.to_host(ops.greedy(greedy_logits))
         if random_rows.size:
-            token_ids[random_rows] = self._draw(work[random_rows],
-                                                [states[i] for i in random_rows])
+            random_logits = (work if random_rows.size == len(states)
+                             else work[xp.asarray(random_rows)])
+            if random_logits is raw:
+                random_logits = raw.copy()  # _draw writes to its rows
+            token_ids[random_rows] = self._draw(random_logits, [states[i] for i in random_rows])
 
         logprobs: list[TokenLogprob | None] = [None] * len(states)
         if logprob_rows.size:
-            for row, entry in zip(logprob_rows, self._logprobs(raw[logprob_rows],
+            logprob_logits = (raw if logprob_rows.size == len(states)
+                              else raw[xp.asarray(logprob_rows)])
+            for row, entry in zip(logprob_rows, self._logprobs(logprob_logits,
                                                                token_ids[logprob_rows],
                                                                [params[i] for i in logprob_rows])):
                 logprobs[row] = entry
@@ -181,14 +191,16 @@ class Sampler:
 
     def _logprobs(
         self,
-        raw: np.ndarray,  # [num_rows, vocab_size] float32, the model's logits untouched
+        raw,  # [num_rows, vocab_size] float32, the model's logits untouched
         chosen: np.ndarray,  # [num_rows] int64
         params: list[SamplingParams],
     ) -> list[TokenLogprob]:
         """Raw log-softmax: the chosen token's logprob and the top-N, before any sampler step."""
         ops = self.ops
+        xp = getattr(ops, "xp", np)
         logprobs = ops.log_softmax(raw)  # [num_rows, vocab_size]
-        chosen_values = ops.to_host(logprobs[np.arange(len(params)), chosen])  # [num_rows]
+        chosen_values = ops.to_host(
+            logprobs[xp.arange(len(params)), xp.asarray(chosen)])  # [num_rows]
         max_n = max(p.num_logprobs for p in params)
         top_ids = top_values = None
         if max_n:

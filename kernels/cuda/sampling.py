@@ -109,7 +109,7 @@ def token_counts(
     flat = rows[valid] * vocab_size + token_ids[valid]
     counts = cupy.zeros(num_seqs * vocab_size, np.int32)
     if flat.size:
-        cupyx.scatter_add(counts, flat, np.int32(1))
+        cupyx.scatter_add(counts, flat, cupy.ones(flat.size, np.int32))
     return counts.reshape(num_seqs, vocab_size)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+xp = np  # the array module of this op set (the CUDA twin: cupy)
 NEG_INF = np.float32(-np.inf)
 
 
