@@ -104,12 +104,15 @@ def token_counts(
 ) -> cupy.ndarray:  # [num_seqs, vocab_size] int32
     token_ids = _device(token_ids, np.int64)
     num_seqs = token_ids.shape[0]
-    rows = cupy.broadcast_to(cupy.arange(num_seqs, dtype=np.int64)[:, None], token_ids.shape)
+    size = num_seqs * vocab_size
     valid = (token_ids >= 0) & (token_ids < vocab_size)
-    flat = rows[valid] * vocab_size + token_ids[valid]
-    counts = cupy.zeros(num_seqs * vocab_size, np.int32)
+    # Invalid ids land in one extra slot past the end (no boolean indexing: no host sync).
+    flat = cupy.where(valid, cupy.arange(num_seqs, dtype=np.int64)[:, None] * vocab_size + token_ids,
+                      size).ravel()
+    counts = cupy.zeros(size + 1, np.int32)
     if flat.size:
         cupyx.scatter_add(counts, flat, cupy.ones(flat.size, np.int32))
+    counts = counts[:size]
     return counts.reshape(num_seqs, vocab_size)
 
 
