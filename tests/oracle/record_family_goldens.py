@@ -3,7 +3,9 @@
 For each family and quant mix of make_synthetic_family_gguf.py, the fixture is written, served by
 llama.cpp's llama-server (build 11434, CPU, 2 threads) once with its defaults (flash attention
 on) and once with `-fa off` (llama.cpp's own configuration noise, docs/fidelity.md), and each
-prompt is generated greedily for 16 steps with the top-5 raw logprobs of every step. Output:
+prompt is generated greedily for 16 steps with the top-5 raw logprobs of every step (cut
+before the first token whose probabilities llama-server leaves out: a byte token ending inside
+a UTF-8 character; `generated_ids` keeps the whole continuation). Output:
 tests/goldens/data/synthetic-<family>-<quant>.json (flash attention on) and
 synthetic-<family>-<quant>.fa-off.json, in the format of ../shared/goldens, plus `input_ids`
 (what the model saw: BOS + prompt_ids where the vocab adds BOS) and the fixture's
@@ -69,13 +71,20 @@ def record_one(model: Path, args: list[str], content_hash: str, name: str) -> di
                 return httpx.post(f"{url}/tokenize", json=body).json()["tokens"]
             prompt_ids, input_ids = tokenize(False), tokenize(True)
             body = {"prompt": input_ids, "n_predict": STEPS, "temperature": 0, "n_probs": 5,
-                    "cache_prompt": False, "samplers": ["top_k"], "top_k": 1}
+                    "cache_prompt": False, "samplers": ["top_k"], "top_k": 1, "return_tokens": True}
             reply = httpx.post(f"{url}/completion", json=body, timeout=600).json()
             steps = [{"id": s["id"], "logprob": s["logprob"],
                       "top": [[t["id"], t["logprob"]] for t in s["top_logprobs"]]}
                      for s in reply["completion_probabilities"]]
+            # llama-server leaves out the probabilities of a token that ends inside a UTF-8
+            # character (a byte token) and goes on with the next one, so steps and generated
+            # tokens can drift apart: keep only the steps before the first such token.
+            tokens = reply["tokens"]
+            aligned = next((i for i, (s, t) in enumerate(zip(steps, tokens)) if s["id"] != t),
+                           min(len(steps), len(tokens)))
+            steps = steps[:aligned]
             generations.append({"prompt": prompt, "prompt_ids": prompt_ids, "input_ids": input_ids,
-                                "ids": [s["id"] for s in steps], "text": reply["content"],
+                                "ids": tokens[:aligned], "generated_ids": tokens,
                                 "steps": steps})
     finally:
         server.send_signal(signal.SIGINT)
