@@ -5,7 +5,8 @@ writes few-layer models with each family's exact tensor layout, real tokenizer m
 random weights (mixes f16, q4_0, q4_k_m), and tests/oracle/record_family_goldens.py recorded
 llama.cpp's greedy generations on them (16 steps, top-5 logprobs; flash attention on and off).
 This test regenerates the very files (same seed; `content_hash` checked against the goldens) and
-compares under the rules of docs/fidelity.md: near ties at max(0.1, llama.cpp's own FA on/off
+compares under the rules of docs/fidelity.md, on the NumPy backend and, where a GPU is found,
+the CUDA one: near ties at max(0.1, llama.cpp's own FA on/off
 noise), mean chosen-token logprob error < 0.1, and with llama.cpp's tokens forced, our top-1
 equals llama.cpp's wherever its gap is >= max(0.5, twice that noise) and the mean top-5 logprob error stays within 1.5x
 llama.cpp's own FA on vs off spread.
@@ -26,10 +27,10 @@ from cupyserve.runtime.sampling_params import SamplingParams
 from llama_cpp_references import README_NEAR_TIE_NATS, compare_generation, gap, reproducibility_nats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "oracle"))
-from make_synthetic_family_gguf import content_hash, write  # noqa: E402
+from make_synthetic_family_gguf import VOCAB_DIR, content_hash, write  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
-CASES = [(f, q) for f in ("qwen2", "phi3") for q in ("f16", "q4_0", "q4_k_m")]
+CASES = [(f, q, d) for d in ("cpu", "cuda") for f in ("qwen2", "phi3") for q in ("f16", "q4_0", "q4_k_m")]
 MAX_MEAN_LOGPROB_ERROR = 0.1
 FAR_FROM_TIE_NATS = 0.5  # or twice llama.cpp's own noise, where that is larger (qwen2 q4_k_m: 0.59)
 MIN_STEPS_COMPARED = 20  # of 80; the walk stops at near ties, many on the noisy q4_k_m mixes
@@ -39,18 +40,31 @@ TOP5_SPREAD_FACTOR = 1.5
 TOP5_FLOOR = 0.03
 
 
-@pytest.fixture(scope="module", params=CASES, ids=[f"{f}-{q}" for f, q in CASES])
+def _skip_without_gpu() -> None:
+    cupy = pytest.importorskip("cupy")
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no CUDA device")
+    except Exception as error:  # no driver
+        pytest.skip(f"no CUDA device ({error})")
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[f"{f}-{q}-{d}" for f, q, d in CASES])
 def case(request, tmp_path_factory):
-    family, quant = request.param
+    family, quant, device = request.param
+    if device == "cuda":
+        _skip_without_gpu()
+    if not VOCAB_DIR.is_dir():
+        pytest.skip(f"{VOCAB_DIR} (llama.cpp's vocab fixtures) not found; set CUPYSERVE_VOCAB_DIR")
     name = f"synthetic-{family}-{quant}"
     references = [json.loads((DATA / f"{name}{suffix}.json").read_text()) for suffix in ("", ".fa-off")]
     path = tmp_path_factory.mktemp("synthetic") / f"{name}.gguf"
     digest = write(family, quant, path)
     assert digest == references[0]["content_hash"] == content_hash(path), \
         f"{name}: the regenerated fixture is not the file llama.cpp recorded"
-    engine = LLMEngine(EngineArgs(model=str(path), device="cpu", max_num_seqs=8,
+    engine = LLMEngine(EngineArgs(model=str(path), device=device, max_num_seqs=8,
                                   kv_cache_memory=32 << 20, enable_prefix_caching=False))
-    yield family, quant, engine, references
+    yield family, f"{quant}-{device}", engine, references
     del engine
     path.unlink()
 

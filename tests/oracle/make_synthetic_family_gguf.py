@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ from make_random_gguf import random_blocks, use_more_bits  # noqa: E402
 from cupyserve.runtime.gguf_header import HeaderCursor, read_key_values  # noqa: E402
 from cupyserve.runtime.gguf_loader import GGUFFile  # noqa: E402
 
-VOCAB_DIR = REPO.parent / "shared" / "vocab"
+VOCAB_DIR = Path(os.environ.get("CUPYSERVE_VOCAB_DIR", REPO.parent / "shared" / "vocab"))
 QUANTS = ("f16", "q4_0", "q4_k_m")
 
 
