@@ -26,6 +26,7 @@ from .weights import INT8_DOT_TYPES, QuantizedWeight
 GEMV_MAX_TOKENS = 8  # larger batches take the dequantize + cuBLAS path
 GEMV_TILE_TOKENS = 8  # tokens per GEMV launch (its NUM_TOKENS template bound)
 GEMV_WARPS_PER_CTA = 4
+MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y
 TILE_ELEMENTS = 32 << 20  # fp16 scratch for one dequantized weight tile: 64 MiB
 ROUNDING_MODES = {"none": 0, "f16": 1, "bf16": 2, "q8_32": 3, "q8_256": 4}
 
@@ -82,11 +83,15 @@ def dequantize_rows(
     if num_out_rows == 0:
         return out
     half = int(np.dtype(out_dtype) == np.float16)
-    launch("dequantize.cu", f"dequantize_rows<{int(ggml_type)}, {half}>",
-           (blocks_for(num_cols // 32, 128), num_out_rows), (128,),
-           (segment_raw, np.int64(segment_raw.shape[1]),
-            row_ids if row_ids is not None else np.uint64(0), np.int64(first_row),
-            np.int32(num_out_rows), np.int32(num_cols), out))
+    # blockIdx.y walks the output rows and gridDim.y is at most 65535: launch in row chunks
+    # (a 256-wide model's fp16 tile of a 151936-row output matrix is 131072 rows).
+    for begin in range(0, num_out_rows, MAX_GRID_Y):
+        rows = min(MAX_GRID_Y, num_out_rows - begin)
+        launch("dequantize.cu", f"dequantize_rows<{int(ggml_type)}, {half}>",
+               (blocks_for(num_cols // 32, 128), rows), (128,),
+               (segment_raw, np.int64(segment_raw.shape[1]),
+                row_ids[begin:begin + rows] if row_ids is not None else np.uint64(0),
+                np.int64(first_row + begin), np.int32(rows), np.int32(num_cols), out[begin:begin + rows]))
     return out
 
 
