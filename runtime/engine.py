@@ -183,7 +183,6 @@ class LLMEngine:
             state.prompt_logprobs = [None]
         self.scheduler.add(seq)
         self.requests[request_id] = state
-        self.metrics.prefix_cache_queries.inc(0)
 
     def abort_request(self, request_id: str) -> StepOutput | None:
         """Cancel a request; returns its final output, or None when it is unknown or finished."""

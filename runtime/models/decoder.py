@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from ...kernels.batch import AttentionBatch
 from .config import ModelConfig
 from .family import FamilyConfig
@@ -154,6 +152,3 @@ class DecoderModel:
         return ops.linear(ops.gelu(ops.linear(x, layer["ffn_up"], generated_rows=rows)), layer["ffn_down"],
                           generated_rows=rows)
 
-
-def host_int_array(values, dtype=np.int32) -> np.ndarray:
-    return np.asarray(values, dtype=dtype)
