@@ -15,3 +15,17 @@ def shared_dir() -> Path:
     if not (path / "goldens").is_dir():
         raise RuntimeError(f"reference data not found at {path}; set CUPYSERVE_SHARED_DIR")
     return path
+
+
+def require_gpu():
+    """The `cupy` module when CuPy imports and sees a GPU; otherwise skip the calling test (CI has
+    no GPU, so GPU tests must skip cleanly, never fail)."""
+    import pytest
+
+    cupy = pytest.importorskip("cupy")
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no CUDA device")
+    except Exception as error:  # no driver
+        pytest.skip(f"no CUDA device ({error})")
+    return cupy

@@ -25,6 +25,7 @@ from cupyserve.runtime.engine_args import EngineArgs
 from cupyserve.runtime.sampling_params import SamplingParams
 
 from llama_cpp_references import README_NEAR_TIE_NATS, compare_generation, gap, reproducibility_nats
+from testdata import require_gpu
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "oracle"))
 from make_synthetic_family_gguf import VOCAB_DIR, content_hash, write  # noqa: E402
@@ -40,20 +41,11 @@ TOP5_SPREAD_FACTOR = 1.5
 TOP5_FLOOR = 0.03
 
 
-def _skip_without_gpu() -> None:
-    cupy = pytest.importorskip("cupy")
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            pytest.skip("no CUDA device")
-    except Exception as error:  # no driver
-        pytest.skip(f"no CUDA device ({error})")
-
-
 @pytest.fixture(scope="module", params=CASES, ids=[f"{f}-{q}-{d}" for f, q, d in CASES])
 def case(request, tmp_path_factory):
     family, quant, device = request.param
     if device == "cuda":
-        _skip_without_gpu()
+        require_gpu()
     if not VOCAB_DIR.is_dir():
         pytest.skip(f"{VOCAB_DIR} (llama.cpp's vocab fixtures) not found; set CUPYSERVE_VOCAB_DIR")
     name = f"synthetic-{family}-{quant}"

@@ -8,20 +8,12 @@ from __future__ import annotations
 
 import pytest
 
-
-def _gpu_or_skip():
-    cupy = pytest.importorskip("cupy")
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            pytest.skip("no CUDA device")
-    except Exception as error:  # no driver
-        pytest.skip(f"no CUDA device ({error})")
-    return cupy
+from testdata import require_gpu
 
 
 @pytest.fixture(scope="session")
 def cuda_ops():
-    _gpu_or_skip()
+    require_gpu()
     from cupyserve.kernels import get_ops
 
     return get_ops("cuda")
@@ -32,7 +24,7 @@ def poison_device_allocations(request, monkeypatch):
     if request.node.get_closest_marker("gpu") is None:
         yield
         return
-    cupy = _gpu_or_skip()
+    cupy = require_gpu()
     import numpy as np
 
     real_empty, real_empty_like = cupy.empty, cupy.empty_like
