@@ -41,6 +41,8 @@ class CpuOps(FaultInjection):
     # Token sampling (kernels/reference/sampling.py; the CUDA twin is kernels/cuda/sampling.py).
     sampling = sampling
 
+    supports_graphs = False  # CUDA graphs: runtime/decode_graphs.py is CUDA-only
+
     def asarray(self, host_array: np.ndarray, dtype=None) -> np.ndarray:
         """Resident data (weights): a device copy of a host array."""
         return np.asarray(host_array, dtype=dtype)

@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     offline.add_argument("--max-num-batched-tokens", type=int, default=2048,
                          help="engine step token budget (default: 2048)")
     offline.add_argument("--seed", type=int, default=0, help="seed of the random prompts")
+    offline.add_argument("--max-model-len", type=int, default=None,
+                         help="context length of the engine (default: the model's)")
+    offline.add_argument("--enforce-eager", action="store_true",
+                         help="no CUDA graphs: every decode step launches its kernels from Python")
     offline.add_argument("--json", default=None, help="also write the results to this JSON file")
     serving = sub.add_parser("serving", help="TTFT / inter-token latency against a running server")
     serving.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
@@ -91,7 +95,8 @@ def offline_main(args: argparse.Namespace) -> int:
     levels = [int(n) for n in args.num_seqs.split(",")]
     engine = LLMEngine(EngineArgs(model=args.model, device=args.device, max_num_seqs=max(levels),
                                   max_num_batched_tokens=max(args.max_num_batched_tokens, max(levels)),
-                                  enable_prefix_caching=False))
+                                  enable_prefix_caching=False, enforce_eager=args.enforce_eager,
+                                  max_model_len=args.max_model_len))
     run_offline(engine, 1, 16, 4, args.seed)  # warm-up: kernel compilation, allocator, caches
     results = []
     for num_seqs in levels:
@@ -99,6 +104,7 @@ def offline_main(args: argparse.Namespace) -> int:
         results.append(result)
         log_event("bench_progress", **result)
     report = {"model": engine.model_name, "device": engine.device, "machine": platform.node(),
+              "cuda_graphs": engine.decode_graphs is not None,
               "processor": platform.processor(), "results": results}
     print(f"{'seqs':>5} {'prefill tok/s':>14} {'decode tok/s':>13} {'seconds':>8}")
     for r in results:

@@ -17,6 +17,8 @@ class EngineArgs:
     max_model_len: int | None = None  # default: the model's context length
     kv_cache_memory: int | None = None  # bytes for the KV pool; default: a fraction of free memory
     gpu_memory_utilization: float = 0.90
+    gpu_memory_limit: int | None = None  # bytes: caps everything the server allocates on the GPU
+    enforce_eager: bool = False  # True: no CUDA graphs (every step launches its kernels from Python)
     enable_prefix_caching: bool = True
     seed: int = 0  # seeds requests that give no seed, so a server run is reproducible
     pull_if_missing: bool = True
@@ -34,5 +36,7 @@ class EngineArgs:
             raise ValueError("max_model_len must be >= 1")
         if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
             raise ValueError("kv_cache_memory must be a positive number of bytes")
+        if self.gpu_memory_limit is not None and self.gpu_memory_limit <= 0:
+            raise ValueError("gpu_memory_limit must be a positive number of bytes")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")

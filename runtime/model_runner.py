@@ -22,17 +22,22 @@ class StepLogits:
 
 
 class ModelRunner:
-    def __init__(self, model: Any, ops: Any, kv_cache: KVCache) -> None:
+    def __init__(self, model: Any, ops: Any, kv_cache: KVCache, decode_graphs: Any = None) -> None:
         self.model = model
         self.ops = ops
         self.kv_cache = kv_cache
         self.block_size = kv_cache.block_size
+        self.decode_graphs = decode_graphs  # runtime.decode_graphs.DecodeGraphs, or None (eager)
 
     def execute(
         self,
         entries: SequenceOf[ScheduledSequence],
         wants_all_logits: SequenceOf[bool],  # per entry: logits for every row of its chunk
     ) -> StepLogits:
+        graphs = self.decode_graphs
+        if (graphs is not None and len(entries) <= graphs.max_batch
+                and graphs.is_decode_step(entries, wants_all_logits)):
+            return StepLogits(logits=graphs.run(entries), rows=[slice(i, i + 1) for i in range(len(entries))])
         ops, block_size = self.ops, self.block_size
         token_ids: list[int] = []
         positions: list[int] = []

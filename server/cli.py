@@ -55,6 +55,12 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
                         "(default: a fraction of free memory)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.90,
                    help="fraction of GPU memory the server may use (default: 0.90)")
+    p.add_argument("--gpu-memory-limit", type=_byte_size, default=None, metavar="BYTES",
+                   help="cap on all GPU memory the server allocates (weights, KV cache, graphs, "
+                        "scratch), e.g. 24GiB; startup fails if the model does not fit (default: none)")
+    p.add_argument("--enforce-eager", action="store_true",
+                   help="never replay decode steps from CUDA graphs: launch every kernel from Python "
+                        "(slower; for debugging kernels)")
     p.add_argument("--block-size", type=int, default=16,
                    help="tokens per KV cache block, a power of two (default: 16)")
     p.add_argument("--no-prefix-caching", action="store_true",
@@ -107,7 +113,8 @@ def engine_args_from(ns: argparse.Namespace):
         served_model_name=ns.served_model_name, device=ns.device, max_num_seqs=ns.max_num_seqs,
         max_num_batched_tokens=ns.max_num_batched_tokens, block_size=ns.block_size,
         max_model_len=ns.max_model_len, kv_cache_memory=ns.kv_cache_memory,
-        gpu_memory_utilization=ns.gpu_memory_utilization,
+        gpu_memory_utilization=ns.gpu_memory_utilization, enforce_eager=ns.enforce_eager,
+        gpu_memory_limit=ns.gpu_memory_limit,
         enable_prefix_caching=not ns.no_prefix_caching, seed=ns.seed, pull_if_missing=not ns.no_pull,
     )
     if ns.model is not None:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import cupy
 import numpy as np
-from cupy.cuda import cublas
 
+from . import blas
 from .module_cache import blocks_for, launch
 from .weights import INT8_DOT_TYPES, QuantizedWeight
 
@@ -30,14 +30,6 @@ MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y
 TILE_ELEMENTS = 32 << 20  # fp16 scratch for one dequantized weight tile: 64 MiB
 ROUNDING_MODES = {"none": 0, "f16": 1, "bf16": 2, "q8_32": 3, "q8_256": 4}
 
-_CUDA_R_16F = 2
-_CUDA_R_32F = 0
-_CUBLAS_COMPUTE_32F = 68
-_CUBLAS_GEMM_DEFAULT = -1
-_CUBLAS_OP_N = 0
-_CUBLAS_OP_T = 1
-_ONE = np.ones(1, dtype=np.float32)
-_ZERO = np.zeros(1, dtype=np.float32)
 
 
 def round_activations(
@@ -126,12 +118,8 @@ def _gemm_f16(
     """out_view[:, :rows] = x16 @ w16.T in column-major terms: C[rows, T] = W^T(op T) . X."""
     num_tokens, k = x16.shape
     rows = w16.shape[0]
-    handle = cupy.cuda.device.get_cublas_handle()
-    cublas.gemmEx(handle, _CUBLAS_OP_T, _CUBLAS_OP_N, rows, num_tokens, k,
-                  _ONE.ctypes.data, w16.data.ptr, _CUDA_R_16F, k,
-                  x16.data.ptr, _CUDA_R_16F, k,
-                  _ZERO.ctypes.data, out_view.data.ptr, _CUDA_R_32F, ldc,
-                  _CUBLAS_COMPUTE_32F, _CUBLAS_GEMM_DEFAULT)
+    blas.gemm_f16_f32(blas.CUBLAS_OP_T, blas.CUBLAS_OP_N, rows, num_tokens, k, w16.data.ptr, k,
+                      x16.data.ptr, k, out_view.data.ptr, ldc)
 
 
 def _dequant_gemm(x: cupy.ndarray, weight: QuantizedWeight, bias: cupy.ndarray | None, out: cupy.ndarray) -> None:

@@ -8,10 +8,12 @@ reference's (kernels/reference/*.py); numerics are documented in docs/cuda.md.
 from __future__ import annotations
 
 import cupy
+import cupyx
 import numpy as np
 
 from ..fault_injection import FaultInjection
 from . import activation, attention, linear as linear_ops, norm, rope, sampling, weights
+from .graphs import GraphPool
 
 
 class InjectedOutOfMemory(cupy.cuda.memory.OutOfMemoryError):
@@ -66,6 +68,17 @@ class CudaOps(FaultInjection):
         self.check_alloc()
         return cupy.zeros(shape, dtype=dtype)
 
+    # ---- CUDA graphs (runtime/decode_graphs.py) ------------------------------------------
+
+    supports_graphs = True
+
+    def graph_pool(self) -> GraphPool:
+        return GraphPool()
+
+    def pinned_zeros(self, shape, dtype) -> np.ndarray:
+        """A zeroed host array in page-locked memory: copies from it are truly asynchronous."""
+        return cupyx.zeros_pinned(shape, dtype=dtype)
+
     def synchronize(self) -> None:
         cupy.cuda.get_current_stream().synchronize()
 
@@ -74,6 +87,21 @@ class CudaOps(FaultInjection):
         free, total = cupy.cuda.runtime.memGetInfo()
         pool = cupy.get_default_memory_pool()
         return free + pool.free_bytes(), total
+
+    _MEMORY_KINDS = {0: "unregistered", 1: "host", 2: "device", 3: "managed"}
+
+    def memory_kind(self, array: cupy.ndarray) -> str:
+        """What the driver says `array`'s memory is: device, managed, host or unregistered."""
+        attributes = cupy.cuda.runtime.pointerGetAttributes(array.data.ptr)
+        return self._MEMORY_KINDS.get(attributes.type, f"type {attributes.type}")
+
+    def bytes_in_use(self) -> int:
+        """Device bytes held by this process's arrays (CuPy's default pool, graphs excluded)."""
+        return cupy.get_default_memory_pool().used_bytes()
+
+    def set_memory_limit(self, num_bytes: int) -> None:
+        """Cap CuPy's default pool: an allocation past it raises OutOfMemoryError."""
+        cupy.get_default_memory_pool().set_limit(size=num_bytes)
 
     def release_cached_memory(self) -> None:
         cupy.get_default_memory_pool().free_all_blocks()
