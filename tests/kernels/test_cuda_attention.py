@@ -47,6 +47,10 @@ CASES = {
     "mixed": ([1, 40, 1, 129], [700, 40, 3, 200], 16, 2, 128, 16),
     "head_dim_256": ([3, 1], [30, 99], 4, 1, 256, 8),
     "head_dim_80": ([9], [20], 32, 32, 80, 16),
+    # Decode batches run the context-split kernels (paged_attention_decode.cu).
+    "decode_head_dim_80": ([1] * 3, [20, 300, 7], 32, 32, 80, 16),
+    "decode_head_dim_256": ([1, 1], [30, 999], 4, 1, 256, 8),
+    "decode_many": ([1] * 40, [1 + (37 * i) % 900 for i in range(40)], 14, 2, 64, 16),
 }
 
 
@@ -78,3 +82,16 @@ def test_paged_attention_matches_reference(cuda_ops, case, variant):
     actual = cuda_ops.paged_attention(cupy.asarray(q), cupy.asarray(k_cache), cupy.asarray(v_cache),
                                       dev_batch, scale, **dev_options)
     assert rel_error(cupy.asnumpy(actual), expected) < TOLERANCE
+
+
+def test_decode_splits_agree_between_a_batch_and_its_graph_bucket(cuda_ops):
+    """Rows of a decode batch and of the CUDA-graph bucket it is padded to are bit-identical only
+    if both split the context alike (kernels/cuda/attention.py decode_splits)."""
+    from cupyserve.kernels.cuda.attention import decode_splits
+    from cupyserve.runtime.decode_graphs import bucket_sizes
+
+    sizes = bucket_sizes(512)
+    for num_heads in (4, 9, 14, 32, 64):
+        for n in range(1, 513):
+            bucket = next(b for b in sizes if b >= n)
+            assert decode_splits(n, num_heads) == decode_splits(bucket, num_heads), (n, bucket)
