@@ -61,12 +61,13 @@ class LLMEngine:
         self.tokenizer = Tokenizer.from_gguf_metadata(self.gguf.metadata)
         self.ops = get_ops(self.device)
         self._pause_fault_injection()
-        self.model = load_model(self.gguf, self.ops, self._progress_reporter())
+        self.model = self._load_model()
         self.config = self.model.config
+        self.kv_config = getattr(self.model, "layout", self.config)  # this rank's KV heads
         self.model_name = args.served_model_name or path.name.removesuffix(".gguf")
         self.max_model_len = min(args.max_model_len or self.config.context_length,
                                  self.config.context_length)
-        self.kv_cache = KVCache.allocate(self.config, self.ops, self._plan_kv_blocks(), args.block_size)
+        self.kv_cache = KVCache.allocate(self.kv_config, self.ops, self._plan_kv_blocks(), args.block_size)
         self.block_manager = BlockManager(self.kv_cache.num_blocks, args.block_size,
                                           args.enable_prefix_caching)
         max_num_batched_tokens = max(args.max_num_batched_tokens, args.max_num_seqs)
@@ -106,6 +107,18 @@ class LLMEngine:
 
         return report
 
+    def _load_model(self):
+        if self.args.tensor_parallel_size == 1:
+            return load_model(self.gguf, self.ops, self._progress_reporter())
+        from .parallel.tensor_parallel_model import TensorParallelModel
+
+        return TensorParallelModel(self.gguf, self.ops, self.device, self.args.tensor_parallel_size,
+                                   self._progress_reporter())
+
+    def close(self) -> None:
+        """Stop what the engine started outside this process (tensor-parallel ranks)."""
+        getattr(self.model, "close", lambda: None)()
+
     def _plan_kv_blocks(self) -> int:
         budget = self.args.kv_cache_memory
         if budget is None:
@@ -115,9 +128,9 @@ class LLMEngine:
             else:
                 budget = int(free * self.args.gpu_memory_utilization) - (256 << 20)
         needed = -(-self.max_model_len // self.args.block_size) * self.args.max_num_seqs
-        per_block = bytes_per_block(self.config, self.args.block_size)
+        per_block = bytes_per_block(self.kv_config, self.args.block_size)
         # No point reserving more than every admitted sequence at full context could use.
-        return min(plan_num_blocks(self.config, self.args.block_size, budget), max(needed, 1),
+        return min(plan_num_blocks(self.kv_config, self.args.block_size, budget), max(needed, 1),
                    max(budget // per_block, 1))
 
     # Injected OOMs target steps: startup's own allocations (the KV pool) neither fail nor count,
@@ -356,8 +369,11 @@ class LLMEngine:
 
     def health(self) -> dict[str, Any]:
         free_blocks = self.block_manager.num_free_blocks
+        fatal_error = getattr(self.model, "failure", None)  # e.g. a tensor-parallel rank died
         return {
-            "healthy": self.integrity_error is None,
+            "healthy": self.integrity_error is None and fatal_error is None,
+            "fatal_error": fatal_error,
+            "tensor_parallel_size": self.args.tensor_parallel_size,
             "integrity_checking": self.is_checking_integrity,
             "integrity_error": self.integrity_error,
             "family": self.config.family,
