@@ -12,7 +12,7 @@ from ..log import log_event
 from ..models.weights import ProgressCallback
 from .communicator import CommunicatorError
 from .communicator_specs import build_communicator, make_specs
-from .rank_model import load_rank_model
+from .rank_model import load_rank_model, plan_for_file
 from .step_plan import StepPlan
 from .worker_group import TensorParallelFailure, WorkerGroup
 
@@ -29,6 +29,7 @@ class TensorParallelModel:
                                  f"{num_gpus} visible")
         self.ops = ops
         self.world_size = world_size
+        plan_for_file(gguf_file, world_size)  # an unsplittable file fails here, before any spawn
         specs = make_specs(device, world_size)
         self.group = WorkerGroup(gguf_file.path, device, world_size, specs[1:])
         try:
