@@ -7,8 +7,11 @@ summation order (relative differences ~1e-7). Every weight of SmolLM2's Q4_1 fil
 input through ggml's emulated 8-bit activation rounding, and with this model's massive
 activations such a difference flips some roundings downstream: docs/fidelity.md measured that a
 1e-6 relative change of the norm weights moves our top-5 logprobs by 0.088 nats on average (max
-0.56). So SmolLM2 is held to that same envelope, with greedy tokens equal until the first step
-whose top-2 gap is below llama.cpp's own reproducibility (0.25 nats). The synthetic f16 file has
+0.56), and llama.cpp's own flash-attention on/off by 0.093. TP=2 is the same kind of change, so
+SmolLM2 is held to the project's bars for two correct implementations of one model
+(docs/fidelity.md: chosen-token error mean < 0.1, top-5 mean < 0.15), greedy tokens equal until
+the first step whose top-2 gap is below llama.cpp's own reproducibility (0.25 nats), and no
+error above 1 nat (a wrong shard is off by several). The synthetic f16 file has
 no 8-bit rounding, only fp16 rounding of activations (an ulp of 5e-4 relative): there TP=2
 must stay within llama.cpp's own flash-attention on/off top-5 spread on that very fixture
 (0.0074 nats mean, docs/families.md), ten times tighter than SmolLM2's envelope.
@@ -36,8 +39,9 @@ from make_synthetic_family_gguf import VOCAB_DIR, write  # noqa: E402
 PROMPTS = ["The capital of France is", "def fibonacci(n):"]
 MAX_TOKENS = 8
 NEAR_TIE_NATS = 0.25  # llama.cpp's own top-2 gap reproducibility on SmolLM2 (docs/fidelity.md)
-SMOLLM2_MEAN_LOGPROB_ERROR = 0.088  # a 1e-6 perturbation's mean effect (docs/fidelity.md)
-SMOLLM2_MAX_LOGPROB_ERROR = 0.56  # ... and its max
+MAX_MEAN_CHOSEN_ERROR = 0.1  # README's bar, docs/fidelity.md
+MAX_MEAN_TOP5_ERROR = 0.15  # docs/fidelity.md's teacher-forced bar (llama.cpp FA on/off: 0.093)
+MAX_LOGPROB_ERROR = 1.0
 F16_MEAN_LOGPROB_ERROR = 0.0074  # llama.cpp FA on vs off, qwen2 f16 top-5 (docs/families.md)
 F16_MAX_LOGPROB_ERROR = 0.05
 MIN_STEPS_COMPARED = 6  # of the 2 x 8 greedy steps
@@ -77,13 +81,17 @@ def run(path: Path, tensor_parallel_size: int) -> dict[str, list]:
         engine.close()
 
 
-def compare(single: dict[str, list], parallel: dict[str, list]) -> tuple[int, list[float]]:
+def compare(single: dict[str, list], parallel: dict[str, list],
+            chosen_errors: list[float] | None = None) -> tuple[int, list[float]]:
     """Walk each request's steps while TP=1's top-2 gap is clear of a near tie: the chosen
-    tokens must be equal; returns (steps compared, |logprob error| of every top-5 entry there)."""
+    tokens must be equal; returns (steps compared, |logprob error| of every top-5 entry there)
+    and appends the chosen tokens' errors to `chosen_errors`."""
     num_compared, errors = 0, []
     for request_id, steps in single.items():
         for ref, got in zip(steps, parallel[request_id]):
             assert got.token_id == ref.token_id, (request_id, num_compared)
+            if chosen_errors is not None:
+                chosen_errors.append(abs(got.logprob - ref.logprob))
             ref_top, got_top = dict(ref.top), dict(got.top)
             errors.extend(abs(ref_top[t] - got_top[t]) for t in ref_top if t in got_top)
             num_compared += 1
@@ -93,11 +101,13 @@ def compare(single: dict[str, list], parallel: dict[str, list]) -> tuple[int, li
 
 
 def test_smollm2_tp2_matches_tp1(smollm2_gguf) -> None:
-    num_compared, errors = compare(run(smollm2_gguf, 1), run(smollm2_gguf, 2))
+    chosen: list[float] = []
+    num_compared, errors = compare(run(smollm2_gguf, 1), run(smollm2_gguf, 2), chosen)
     assert num_compared >= MIN_STEPS_COMPARED
-    print(f"SmolLM2 TP=2 vs TP=1: {num_compared} steps, top-5 logprob error mean "
-          f"{np.mean(errors):.4f} max {max(errors):.4f}")
-    assert np.mean(errors) < SMOLLM2_MEAN_LOGPROB_ERROR and max(errors) < SMOLLM2_MAX_LOGPROB_ERROR, \
+    print(f"SmolLM2 TP=2 vs TP=1: {num_compared} steps, chosen-token error mean "
+          f"{np.mean(chosen):.4f}, top-5 error mean {np.mean(errors):.4f} max {max(errors):.4f}")
+    assert np.mean(chosen) < MAX_MEAN_CHOSEN_ERROR, np.mean(chosen)
+    assert np.mean(errors) < MAX_MEAN_TOP5_ERROR and max(errors) < MAX_LOGPROB_ERROR, \
         (np.mean(errors), max(errors))
 
 
@@ -134,7 +144,8 @@ def test_synthetic_phi3_q4_0_tp2_matches_tp1(synthetic) -> None:
     assert num_compared >= MIN_STEPS_COMPARED
     print(f"phi3 q4_0 TP=2 vs TP=1: {num_compared} steps, top-5 logprob error mean "
           f"{np.mean(errors):.4f} max {max(errors):.4f}")
-    assert np.mean(errors) < SMOLLM2_MEAN_LOGPROB_ERROR, np.mean(errors)
+    assert np.mean(errors) < MAX_MEAN_TOP5_ERROR and max(errors) < MAX_LOGPROB_ERROR, \
+        (np.mean(errors), max(errors))
 
 
 def test_unsplittable_file_fails_at_startup(synthetic) -> None:
