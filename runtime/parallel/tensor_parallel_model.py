@@ -5,6 +5,7 @@ whose collectives meet theirs. The gathered logits are whole on rank 0.
 """
 from __future__ import annotations
 
+import atexit
 from typing import Any
 
 from ...kernels.batch import AttentionBatch
@@ -40,6 +41,9 @@ class TensorParallelModel:
             self.group.close()
             raise
         self.group.on_failure = self._abort_collectives
+        # Runs before multiprocessing's own exit hook (registered earlier, so called later),
+        # which would terminate the workers and make the monitor report a failure at exit.
+        atexit.register(self.close)
         self.config = self.model.config  # the whole model's shape: vocab, context, ...
         self.layout = self.model.layout  # rank 0's share: its KV cache holds these KV heads
         self.num_weight_bytes = self.model.num_weight_bytes
@@ -74,5 +78,7 @@ class TensorParallelModel:
             raise TensorParallelFailure(self.group.mark_failed(f"tensor-parallel collective failed: {exc}")) from None
 
     def close(self) -> None:
+        """Stop the workers and release the communicator; idempotent."""
+        atexit.unregister(self.close)
         self.group.close()
         self.communicator.close()

@@ -102,7 +102,9 @@ class WorkerGroup:
                          f"{process.exitcode}; the server must be restarted")
 
     def close(self) -> None:
-        """Stop the workers: ask, wait, then terminate any that remain."""
+        """Stop the workers: ask, wait, then terminate any that remain. Idempotent."""
+        if self._is_closing:
+            return
         self._is_closing = True
         for conn in self.controls:
             try:

@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "oracle"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 from make_synthetic_family_gguf import VOCAB_DIR, write  # noqa: E402
-from server_process import start_server  # noqa: E402
+from server_process import start_server, stop_server  # noqa: E402
 
 EXIT_TIMEOUT_S = 30.0
 
@@ -27,13 +27,33 @@ def worker_pids(log_path: Path) -> list[int]:
     raise AssertionError("no tensor_parallel_ready event in the server log")
 
 
-def test_killed_rank_fails_the_request_and_the_server_exits_non_zero(tmp_path) -> None:
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
     if not VOCAB_DIR.is_dir():
         pytest.skip(f"{VOCAB_DIR} (llama.cpp's vocab fixtures) not found; set CUPYSERVE_VOCAB_DIR")
-    model = tmp_path / "phi3-q4_0.gguf"
-    write("phi3", "q4_0", model)
-    server = start_server(model, tmp_path, ("--tensor-parallel-size", "2"),
-                          {"OPENBLAS_NUM_THREADS": "1"})
+    path = tmp_path_factory.mktemp("tp-server") / "phi3-q4_0.gguf"
+    write("phi3", "q4_0", path)
+    return path
+
+
+def start_tp2_server(model: Path, workdir: Path):
+    return start_server(model, workdir, ("--tensor-parallel-size", "2"), {"OPENBLAS_NUM_THREADS": "1"})
+
+
+def test_sigterm_stops_every_rank_and_exits_zero(model, tmp_path) -> None:
+    server = start_tp2_server(model, tmp_path)
+    (pid,) = worker_pids(server.log_path)
+    body = {"model": server.model, "prompt": "Hello", "max_tokens": 4, "temperature": 0}
+    assert httpx.post(f"{server.url}/v1/completions", json=body, timeout=60).status_code == 200
+    assert stop_server(server) == 0, server.log_tail()
+    log = server.log_path.read_text()
+    assert "tensor_parallel_failure" not in log, server.log_tail()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the worker is gone too
+
+
+def test_killed_rank_fails_the_request_and_the_server_exits_non_zero(model, tmp_path) -> None:
+    server = start_tp2_server(model, tmp_path)
     try:
         assert httpx.get(f"{server.url}/health").json()["tensor_parallel_size"] == 2
         (pid,) = worker_pids(server.log_path)

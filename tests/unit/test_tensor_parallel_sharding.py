@@ -187,3 +187,12 @@ def test_pipe_collective_mismatch_is_an_error() -> None:
     results = run_ranks(2, body, timeout_s=0.5)
     assert "called barrier" in str(results[0])
     assert "did not answer barrier within 0.5 s" in str(results[1])  # rank 0 never replied
+
+
+def test_cli_maps_and_rejects_tensor_parallel_size(capsys) -> None:
+    from cupyserve.server.cli import build_parser, engine_args_from, main
+
+    ns = build_parser().parse_args(["serve", "--tensor-parallel-size", "2"])
+    assert engine_args_from(ns).tensor_parallel_size == 2
+    assert main(["serve", "--tensor-parallel-size", "0", "--no-pull"]) == 2
+    assert "tensor_parallel_size must be an integer >= 1" in capsys.readouterr().err
