@@ -64,12 +64,13 @@ class LLMEngine:
         self._pause_fault_injection()
         self.config = resolve_model_config(self.gguf)[0]  # for the memory check; the model's below
         self.memory_budget = self._check_weights_fit()
-        self.model = load_model(self.gguf, self.ops, self._progress_reporter())
+        self.model = self._load_model()
         self.config = self.model.config
+        self.kv_config = getattr(self.model, "layout", self.config)  # this rank's KV heads
         self.model_name = args.served_model_name or path.name.removesuffix(".gguf")
         self.max_model_len = min(args.max_model_len or self.config.context_length,
                                  self.config.context_length)
-        self.kv_cache = KVCache.allocate(self.config, self.ops, self._plan_kv_blocks(), args.block_size)
+        self.kv_cache = KVCache.allocate(self.kv_config, self.ops, self._plan_kv_blocks(), args.block_size)
         self.block_manager = BlockManager(self.kv_cache.num_blocks, args.block_size,
                                           args.enable_prefix_caching)
         max_num_batched_tokens = max(args.max_num_batched_tokens, args.max_num_seqs)
@@ -113,7 +114,9 @@ class LLMEngine:
 
     def _capture_decode_graphs(self):
         """CUDA graphs of the decode step per batch bucket (None on CPU or with enforce_eager)."""
-        if self.args.enforce_eager or not getattr(self.ops, "supports_graphs", False):
+        # A tensor-parallel forward talks to the other ranks from Python: not capturable.
+        if (self.args.enforce_eager or self.args.tensor_parallel_size > 1
+                or not getattr(self.ops, "supports_graphs", False)):
             return None
         from .decode_graphs import DecodeGraphs
 
@@ -144,6 +147,18 @@ class LLMEngine:
             self.ops.set_memory_limit(self.args.gpu_memory_limit)
         return budget
 
+    def _load_model(self):
+        if self.args.tensor_parallel_size == 1:
+            return load_model(self.gguf, self.ops, self._progress_reporter())
+        from .parallel.tensor_parallel_model import TensorParallelModel
+
+        return TensorParallelModel(self.gguf, self.ops, self.device, self.args.tensor_parallel_size,
+                                   self._progress_reporter())
+
+    def close(self) -> None:
+        """Stop what the engine started outside this process (tensor-parallel ranks)."""
+        getattr(self.model, "close", lambda: None)()
+
     def _plan_kv_blocks(self) -> int:
         budget = self.args.kv_cache_memory
         if self.memory_budget is not None:
@@ -157,14 +172,14 @@ class LLMEngine:
             free, _total = self.ops.memory_info()
             budget = min(DEFAULT_CPU_KV_BYTES, free // 4) if free else DEFAULT_CPU_KV_BYTES
         needed = -(-self.max_model_len // self.args.block_size) * self.args.max_num_seqs
-        per_block = bytes_per_block(self.config, self.args.block_size)
+        per_block = bytes_per_block(self.kv_config, self.args.block_size)
         if budget < per_block:
             raise InsufficientKVMemory(
                 f"no GPU memory left for the KV cache: {max(budget, 0)} bytes available, one "
                 f"{self.args.block_size}-token block needs {per_block}; lower --max-num-seqs or "
                 f"--max-num-batched-tokens, or raise --gpu-memory-utilization / --gpu-memory-limit")
         # No point reserving more than every admitted sequence at full context could use.
-        return min(plan_num_blocks(self.config, self.args.block_size, budget), max(needed, 1))
+        return min(plan_num_blocks(self.kv_config, self.args.block_size, budget), max(needed, 1))
 
     def _check_residency(self) -> ResidencyMonitor | None:
         """On a GPU: weights and KV must be device memory (not managed/host); checked now, and
@@ -421,8 +436,11 @@ class LLMEngine:
 
     def health(self) -> dict[str, Any]:
         free_blocks = self.block_manager.num_free_blocks
+        fatal_error = getattr(self.model, "failure", None)  # e.g. a tensor-parallel rank died
         return {
-            "healthy": self.integrity_error is None,
+            "healthy": self.integrity_error is None and fatal_error is None,
+            "fatal_error": fatal_error,
+            "tensor_parallel_size": self.args.tensor_parallel_size,
             "integrity_checking": self.is_checking_integrity,
             "integrity_error": self.integrity_error,
             "family": self.config.family,

@@ -22,6 +22,7 @@ class EngineArgs:
     enable_prefix_caching: bool = True
     seed: int = 0  # seeds requests that give no seed, so a server run is reproducible
     pull_if_missing: bool = True
+    tensor_parallel_size: int = 1  # ranks (processes; GPUs on cuda) the model is split over
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -38,5 +39,8 @@ class EngineArgs:
             raise ValueError("kv_cache_memory must be a positive number of bytes")
         if self.gpu_memory_limit is not None and self.gpu_memory_limit <= 0:
             raise ValueError("gpu_memory_limit must be a positive number of bytes")
+        if isinstance(self.tensor_parallel_size, bool) or not isinstance(self.tensor_parallel_size, int) \
+                or self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be an integer >= 1, got {self.tensor_parallel_size!r}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import dataclasses
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +19,7 @@ import orjson
 from .byte_size import parse_byte_size
 
 API_KEY_ENV = "CUPYSERVE_API_KEY"
+FATAL_ERROR_POLL_SECONDS = 0.5
 
 
 def _byte_size(text: str) -> int:
@@ -71,6 +73,9 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
                    help="include prompt text and token ids in the JSON logs (off: they may be private)")
     p.add_argument("--no-pull", action="store_true",
                    help="fail instead of downloading a catalog model that is not in the cache")
+    p.add_argument("--tensor-parallel-size", type=int, default=1, metavar="N",
+                   help="split the model over N ranks, one process each (one GPU each on cuda); "
+                        "see docs/tensor_parallel.md (default: 1)")
     p.add_argument("--shutdown-grace-seconds", type=float, default=30.0,
                    help="on SIGTERM/SIGINT, how long running requests may take to finish before "
                         "they are aborted (default: 30)")
@@ -116,6 +121,7 @@ def engine_args_from(ns: argparse.Namespace):
         gpu_memory_utilization=ns.gpu_memory_utilization, enforce_eager=ns.enforce_eager,
         gpu_memory_limit=ns.gpu_memory_limit,
         enable_prefix_caching=not ns.no_prefix_caching, seed=ns.seed, pull_if_missing=not ns.no_pull,
+        tensor_parallel_size=ns.tensor_parallel_size,
     )
     if ns.model is not None:
         fields["model"] = ns.model
@@ -151,19 +157,36 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         print(f"cupyserve serve: error: {exc}", file=sys.stderr)
         return 1
 
+    fatal_errors: list[str] = []
+
+    async def exit_on_fatal_error() -> None:
+        """An engine that can no longer run (a tensor-parallel rank died) fails its requests and
+        reports `fatal_error` in health; then the server drains and exits non-zero, so that a
+        supervisor restarts it."""
+        while True:
+            await asyncio.sleep(FATAL_ERROR_POLL_SECONDS)
+            error = engine.health().get("fatal_error")
+            if error:
+                fatal_errors.append(error)
+                log.log_event("fatal", error=error)
+                os.kill(os.getpid(), signal.SIGTERM)  # the same drain as any shutdown
+                return
+
     async def run() -> None:
         await maybe_await(engine.start())
+        watcher = asyncio.ensure_future(exit_on_fatal_error())
         app = create_app(engine, api_key=api_key,
                          model_aliases=model_aliases(args.model, engine.model_name))
         try:
             await serve_app(app, app.state.server, ns.host, ns.port, ns.shutdown_grace_seconds)
         finally:
+            watcher.cancel()
             log.log_event("shutdown", phase="engine")
             await maybe_await(engine.shutdown())
             log.log_event("shutdown", phase="done")
 
     asyncio.run(run())
-    return 0
+    return 1 if fatal_errors else 0
 
 
 def cmd_pull(ns: argparse.Namespace) -> int:

@@ -20,6 +20,11 @@ class DecoderModel:
         self.config = config
         self.family = family
         self.ops = ops
+        # As one tensor-parallel rank, `gguf_file` is that rank's view (runtime/parallel): its
+        # tensors are already sliced, `layout` is the rank's share of heads, FFN and vocab, and
+        # `shard` adds the collectives where partial results meet.
+        self.shard = getattr(gguf_file, "shard", None)
+        self.layout = config if self.shard is None else self.shard.plan.local_config(config)
         loader = WeightLoader(gguf_file, ops)
         self.layers = []
         for index in range(config.num_layers):
@@ -87,8 +92,9 @@ class DecoderModel:
             normed, residual = self.add_norm(hidden, residual, layer["ffn_norm"])
             hidden = self.ffn_block(layer, normed, batch.generated_rows)
         hidden = hidden[logits_indices] + residual[logits_indices]
-        return ops.linear(self.norm(hidden, self.output_norm), self.output,
-                          generated_rows=batch.logits_generated_rows)
+        logits = ops.linear(self.norm(hidden, self.output_norm), self.output,
+                            generated_rows=batch.logits_generated_rows)
+        return logits if self.shard is None else self.shard.gather_vocab(logits)
 
     def layer_rope(self, index: int) -> tuple[float, float]:
         """(rope base, position scale) of layer `index`; families with per-layer rope override."""
@@ -111,7 +117,12 @@ class DecoderModel:
         return tables
 
     def embed(self, token_ids: Any) -> Any:  # -> [num_tokens, hidden] float32
+        if self.shard is not None:
+            return self.shard.embed(self.ops, self.token_embd, token_ids)
         return self.ops.embedding(self.token_embd, token_ids)
+
+    def reduce_partial(self, x: Any) -> Any:  # [num_tokens, hidden]: a row-parallel matmul's term
+        return x if self.shard is None else self.shard.reduce_partial(x)
 
     def norm(self, x: Any, weight: Any) -> Any:
         return self.ops.rms_norm(x, weight, self.config.norm_eps)
@@ -121,7 +132,7 @@ class DecoderModel:
 
     def attention_block(self, layer: LayerWeights, x: Any, cos: Any, sin: Any,
                         batch: AttentionBatch, kv_cache: tuple[Any, Any]) -> Any:
-        cfg, ops = self.config, self.ops
+        cfg, ops = self.layout, self.ops
         num_tokens = x.shape[0]
         rows = batch.generated_rows
         qkv = ops.linear(x, layer["attn_qkv"], layer.get("attn_qkv_bias"), generated_rows=rows)
@@ -133,8 +144,8 @@ class DecoderModel:
         ops.write_kv(k_cache, v_cache, k, v, batch.slot_mapping)
         attended = ops.paged_attention(q, k_cache, v_cache, batch, cfg.attention_scale,
                                        **self.attention_options(layer))
-        return ops.linear(attended.reshape(num_tokens, cfg.q_size), layer["attn_output"],
-                          generated_rows=rows)
+        return self.reduce_partial(ops.linear(attended.reshape(num_tokens, cfg.q_size),
+                                              layer["attn_output"], generated_rows=rows))
 
     def qk_transform(self, layer: LayerWeights, q: Any, k: Any, cos: Any, sin: Any) -> tuple[Any, Any]:
         style = self.config.rope_style
@@ -148,7 +159,7 @@ class DecoderModel:
         if self.config.activation in ("swiglu", "geglu"):
             gate_up = ops.linear(x, layer["ffn_gate_up"], generated_rows=rows)
             gated = ops.swiglu(gate_up) if self.config.activation == "swiglu" else ops.geglu(gate_up)
-            return ops.linear(gated, layer["ffn_down"], generated_rows=rows)
-        return ops.linear(ops.gelu(ops.linear(x, layer["ffn_up"], generated_rows=rows)), layer["ffn_down"],
-                          generated_rows=rows)
+            return self.reduce_partial(ops.linear(gated, layer["ffn_down"], generated_rows=rows))
+        up = ops.linear(x, layer["ffn_up"], generated_rows=rows)
+        return self.reduce_partial(ops.linear(ops.gelu(up), layer["ffn_down"], generated_rows=rows))
 
