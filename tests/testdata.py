@@ -17,6 +17,15 @@ def shared_dir() -> Path:
     return path
 
 
+def backend_under_test() -> str:
+    """Backend of the golden and end-to-end tests: $CUPYSERVE_TEST_DEVICE (cpu, the default, or
+    cuda on the GPU machine, where the same tests then check the CUDA backend)."""
+    device = os.environ.get("CUPYSERVE_TEST_DEVICE", "cpu")
+    if device not in ("cpu", "cuda"):
+        raise RuntimeError(f"CUPYSERVE_TEST_DEVICE must be cpu or cuda, got {device!r}")
+    return device
+
+
 def require_gpu():
     """The `cupy` module when CuPy imports and sees a GPU; otherwise skip the calling test (CI has
     no GPU, so GPU tests must skip cleanly, never fail)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from testdata import backend_under_test
 
 STARTUP_TIMEOUT_S = 180.0  # model load on a busy 2-core CPU
 SHUTDOWN_TIMEOUT_S = 45.0
@@ -65,7 +66,7 @@ def start_server(model: Path, workdir: Path, extra_args: tuple[str, ...] = (),
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "cupyserve.server", "serve", "--model", str(model),
-             "--port", str(port), "--device", "cpu", "--max-model-len", "2048",
+             "--port", str(port), "--device", backend_under_test(), "--max-model-len", "2048",
              "--kv-cache-memory", "64MiB", "--shutdown-grace-seconds", "5", *extra_args],
             stdout=log_file, stderr=subprocess.STDOUT, env=env)
     try:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pytest
 
+from testdata import backend_under_test
+
 pytestmark = pytest.mark.e2e
 
 
@@ -11,7 +13,7 @@ def test_models(openai_client, http, server):
     assert [m.id for m in models.data] == [server.model]
     card = http.get("/v1/models").json()["data"][0]
     assert card["object"] == "model" and card["max_model_len"] == 2048
-    assert card["family"] == "llama" and card["device"] == "cpu" and card["quant_kind"].startswith("Q4_1")
+    assert card["family"] == "llama" and card["device"] == backend_under_test() and card["quant_kind"].startswith("Q4_1")
 
 
 def test_health_fields(http, server):
@@ -20,7 +22,7 @@ def test_health_fields(http, server):
     for key in ("family", "quant_kind", "device", "kv_blocks_total", "kv_blocks_free",
                 "tokenizer_kind", "vocab_size", "context_length", "uptime_seconds"):
         assert key in body, key
-    assert body["device"] == "cpu" and body["family"] == "llama"
+    assert body["device"] == backend_under_test() and body["family"] == "llama"
 
 
 def test_metrics_exposition(http):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runtime_support import assert_healthy_and_idle, metric_samples
+from testdata import backend_under_test
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +45,7 @@ def test_every_issue_metric_is_exposed_with_its_type_and_moves(runtime_server, r
         assert family["type"] == kind, f"cupyserve:{name} is a {family['type']}, not a {kind}"
     info = [s for s in before["cupyserve:model_info"]["samples"]]
     assert len(info) == 1 and info[0].value == 1
-    assert info[0].labels["device"] == "cpu" and info[0].labels["family"] == "llama"
+    assert info[0].labels["device"] == backend_under_test() and info[0].labels["family"] == "llama"
     assert 0.0 <= sample(before, "cupyserve:kv_cache_usage_perc") <= 1.0
 
     response = http.post("/v1/completions", json={"prompt": "Count: one, two, three,", "max_tokens": 5,

@@ -18,6 +18,7 @@ from cupyserve.runtime.sampling_params import SamplingParams
 
 from llama_cpp_references import (README_NEAR_TIE_NATS, compare_generation, gap,
                                    reproducibility_nats)
+from testdata import backend_under_test
 
 DATA = Path(__file__).parent / "data"
 MAX_MEAN_LOGPROB_ERROR = 0.1
@@ -26,7 +27,7 @@ FAR_FROM_TIE_NATS = 0.5  # gaps this wide are far beyond llama.cpp's own noise: 
 
 @pytest.fixture(scope="module")
 def engine(smollm2_gguf):
-    return LLMEngine(EngineArgs(model=str(smollm2_gguf), device="cpu", max_num_seqs=8,
+    return LLMEngine(EngineArgs(model=str(smollm2_gguf), device=backend_under_test(), max_num_seqs=8,
                                 kv_cache_memory=64 << 20))
 
 
