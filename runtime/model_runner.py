@@ -34,9 +34,12 @@ class ModelRunner:
         entries: SequenceOf[ScheduledSequence],
         wants_all_logits: SequenceOf[bool],  # per entry: logits for every row of its chunk
     ) -> StepLogits:
-        graphs = self.decode_graphs
+        graphs, ops = self.decode_graphs, self.ops
         if (graphs is not None and len(entries) <= graphs.max_batch
                 and graphs.is_decode_step(entries, wants_all_logits)):
+            # A replay allocates nothing, but fault injection (CUPYSERVE_FAULT_OOM_AT_ALLOC) must
+            # still be able to fail a decode step, as it can an eager one: count its one staging.
+            ops.check_alloc()
             return StepLogits(logits=graphs.run(entries), rows=[slice(i, i + 1) for i in range(len(entries))])
         ops, block_size = self.ops, self.block_size
         token_ids: list[int] = []

@@ -80,7 +80,8 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 # the reference), so a last-bit difference in a sum can move a code by one step: the backends
 # agree to ~1e-5 per kernel but drift by up to a few tenths of a nat after 10+ layers, the same
 # size as the goldens' tolerance against llama.cpp (0.35 per token, mean 0.1).
-MAX_TOP5_LOGPROB_DIFF = 0.6  # seen on the H100: <= 0.45 on either linear path
+MAX_TOP5_LOGPROB_DIFF = 0.6  # seen on the H100: <= 0.45 (10-layer cut), 0.51 (full model)
+CLEAR_GAP_NATS = 0.5
 MAX_MEAN_TOP5_LOGPROB_DIFF = 0.2  # per step; seen on the H100: <= 0.126 on either linear path
 
 
@@ -125,7 +126,9 @@ def test_smollm2_cuda_matches_cpu(cuda_ops, linear_path, monkeypatch):
         top5 = np.argsort(-cl, axis=-1)[:, :5]
         top5_diffs = np.abs(np.take_along_axis(cl, top5, -1) - np.take_along_axis(gl, top5, -1))
         sorted_cl = np.sort(cl, axis=-1)
-        clear = (sorted_cl[:, -1] - sorted_cl[:, -2]) > 0.1  # rows whose top-1 is not a near tie
+        # Rows whose top-1 gap is beyond the drift above (the goldens' FAR_FROM_TIE_NATS): the
+        # full 30-layer model drifts more than a 10-layer cut; seen: a flip at a 0.36-nat gap.
+        clear = (sorted_cl[:, -1] - sorted_cl[:, -2]) > CLEAR_GAP_NATS
         agree = (cl.argmax(-1) == gl.argmax(-1))
         report.append({"phase": "prefill" if phase == 0 else f"decode{phase}", "rows": len(c),
                        "max_abs_top5_logprob_diff": float(top5_diffs.max()),
