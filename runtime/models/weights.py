@@ -68,5 +68,16 @@ class WeightLoader:
         self.num_bytes_loaded += sum(i.num_bytes for i in infos)
         return self.ops.load_weight(raws, [int(i.ggml_type) for i in infos], in_features)
 
+    def experts(self, name: str) -> Any:
+        """A `[num_experts, out_features, in_features]` tensor, kept in its block format by the
+        backend (`ops.load_experts`)."""
+        info = self.gguf.tensors[name]
+        if len(info.shape) != 3:
+            raise ValueError(f"tensor {name!r}: expert weights must be 3-D, got shape {info.shape}")
+        num_experts, out_features, in_features = (int(d) for d in info.shape)
+        self.num_bytes_loaded += info.num_bytes
+        return self.ops.load_experts(self.gguf.raw(name), int(info.ggml_type), num_experts,
+                                     out_features, in_features)
+
 
 ProgressCallback = Callable[[int, int], None]  # (layers done, layers total)
