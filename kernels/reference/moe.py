@@ -109,7 +109,8 @@ def swiglu_oai(
     return (g / (np.float32(1.0) + np.exp(-alpha * g)) * (u + np.float32(1.0))).astype(np.float32)
 
 
-def _check_shapes(x, router_logits, gate_exps, up_exps, down_exps, biases, num_experts_used) -> None:
+def check_shapes(x, router_logits, gate_exps, up_exps, down_exps, biases, num_experts_used) -> None:
+    """Raises ValueError unless the arguments of `moe_ffn` fit together (both backends use it)."""
     num_tokens, hidden = x.shape
     num_experts, ffn = gate_exps.num_experts, gate_exps.out_features
     if router_logits.shape != (num_tokens, num_experts):
@@ -144,7 +145,7 @@ def moe_ffn(
     x = np.asarray(x, dtype=np.float32)
     router_logits = np.asarray(router_logits, dtype=np.float32)
     biases = [None if b is None else np.asarray(b, dtype=np.float32) for b in (gate_bias, up_bias, down_bias)]
-    _check_shapes(x, router_logits, gate_exps, up_exps, down_exps, biases, num_experts_used)
+    check_shapes(x, router_logits, gate_exps, up_exps, down_exps, biases, num_experts_used)
     num_tokens, hidden = x.shape
     if generated_rows is None:
         generated_rows = np.zeros(num_tokens, dtype=bool)

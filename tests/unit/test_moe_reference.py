@@ -9,7 +9,9 @@ from gguf import GGMLQuantizationType as T
 
 from cupyserve.kernels.reference import moe
 from cupyserve.kernels.reference.dequant import dequantize
-from cupyserve.kernels.reference.linear import activation_rounding, round_activations
+from cupyserve.kernels.reference.linear import activation_rounding
+
+from testdata import moe_float64, per_token_rel_error as per_token_error
 
 ALPHA, LIMIT = 1.702, 7.0
 HIDDEN, FFN = 96, 160  # odd numbers of 32-blocks (3 and 5)
@@ -37,37 +39,11 @@ def dequantized(raw: np.ndarray, ggml_type: T, num_experts: int, cols: int) -> n
     return dequantize(raw.reshape(-1).view(np.uint8), ggml_type, cols).reshape(num_experts, -1, cols)
 
 
-def float64_moe(x, logits, gate, gate_b, up, up_b, down, down_b, k, ggml_type, limit=LIMIT):
-    """Token by token in float64. Activations meeting the experts are rounded with the reference's
-    `round_activations` (the arithmetic ggml uses for that weight type) before the float64 dots."""
-    rounding = activation_rounding(ggml_type)
-
-    def rounded(v):
-        return round_activations(np.asarray(v, dtype=np.float32)[None, :], rounding)[0].astype(np.float64)
-
-    num_tokens, num_experts = logits.shape
-    out = np.zeros((num_tokens, down.shape[1]))
-    for t in range(num_tokens):
-        chosen = sorted(range(num_experts), key=lambda e: (-float(logits[t, e]), e))[:k]
-        chosen_logits = logits[t, chosen].astype(np.float64)
-        weights = np.exp(chosen_logits - chosen_logits.max())
-        weights /= weights.sum()
-        xt = rounded(x[t])
-        for e, w in zip(chosen, weights):
-            g = gate[e].astype(np.float64) @ xt + (gate_b[e] if gate_b is not None else 0.0)
-            u = up[e].astype(np.float64) @ xt + (up_b[e] if up_b is not None else 0.0)
-            g = np.minimum(g, limit)
-            u = np.clip(u, -limit, limit)
-            h = g / (1.0 + np.exp(-ALPHA * g)) * (u + 1.0)
-            y = down[e].astype(np.float64) @ rounded(h) + (down_b[e] if down_b is not None else 0.0)
-            out[t] += w * y
-    return out
-
-
-def per_token_error(actual, expected) -> float:
-    """max over tokens of ||actual - expected|| / ||expected||."""
-    diff = np.linalg.norm(np.asarray(actual, np.float64) - expected, axis=1)
-    return float((diff / np.linalg.norm(expected, axis=1)).max())
+def float64_moe(x, logits, dense, biases, k, ggml_type, limit=LIMIT):
+    """float64 with the reference's activation rounding for this weight type applied to each
+    expert matmul's input (testdata.moe_float64)."""
+    return moe_float64(x, logits, dense, biases, k, rounding=activation_rounding(ggml_type),
+                       alpha=ALPHA, limit=limit)
 
 
 def make_layer(ggml_type, num_experts, rng, with_bias=True):
@@ -85,8 +61,7 @@ def make_layer(ggml_type, num_experts, rng, with_bias=True):
 def run_both(x, logits, k, ggml_type, loaded, dense, biases, **kwargs):
     actual = moe.moe_ffn(x, logits, loaded["gate"], biases["gate"], loaded["up"], biases["up"],
                          loaded["down"], biases["down"], k, ALPHA, LIMIT, **kwargs)
-    expected = float64_moe(x, logits, dense["gate"], biases["gate"], dense["up"], biases["up"],
-                           dense["down"], biases["down"], k, ggml_type)
+    expected = float64_moe(x, logits, dense, biases, k, ggml_type)
     return actual, expected
 
 
@@ -104,8 +79,7 @@ def test_moe_matches_float64(ggml_type, num_experts_used):
     assert loaded["gate"].num_bytes == loaded["gate"].raw.nbytes  # kept as blocks
     assert per_token_error(actual, expected) < 1e-5
     # The clamp is exercised: without it the float64 answer moves far beyond the tolerance.
-    unclamped = float64_moe(x, logits, dense["gate"], biases["gate"], dense["up"], biases["up"],
-                            dense["down"], biases["down"], num_experts_used, ggml_type, limit=np.inf)
+    unclamped = float64_moe(x, logits, dense, biases, num_experts_used, ggml_type, limit=np.inf)
     assert per_token_error(actual, unclamped) > 1e-2
 
 
