@@ -5,13 +5,17 @@ No gpt-oss weights small enough exist, so this writes a 3-layer model of gpt-oss
 (heads of 64 whose count x 64 != hidden, biases on Q/K/V/O, attention sinks, sliding window 16 on
 layers 0 and 2, YaRN rope metadata of gpt-oss-20b, a router with bias over 6 experts of which 3
 run, expert biases, untied output) with seeded random F32 weights, and quantizes it with
-`llama-quantize IN OUT MXFP4_MOE` (experts MXFP4; llama.cpp picks the other types). The
+`llama-quantize IN OUT MXFP4_MOE` (experts MXFP4, token_embd Q8_0; attention and output kept F16,
+router, norms, biases and sinks F32). The
 quantized file is small (about 1 MB), so it is committed as
 tests/goldens/data/synthetic-gpt-oss-mxfp4_moe.gguf and CI needs no llama.cpp.
 
 Tokenizer: a byte-level BPE vocabulary that declares `tokenizer.ggml.pre = gpt-4o` (gpt-oss's
 o200k regex): the first 1500 tokens of llama.cpp's gpt-2 vocab fixture (256 byte tokens + the
-results of the first 1244 merges, with those merges) plus gpt-oss's harmony special tokens.
+results of the first 1244 merges, with those merges), five merges that join across the places
+where gpt-4o's regex splits and llama3's does not (or the reverse: CamelCase boundaries, a
+contraction glued to its word), so a wrong pre-tokenizer changes ids, and gpt-oss's harmony
+special tokens.
 
     python tests/oracle/make_synthetic_gpt_oss_gguf.py OUT.gguf   # needs llama-quantize
 """
@@ -38,6 +42,15 @@ NUM_BPE_TOKENS = 1500
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>", "<|return|>", "<|constrain|>", "<|channel|>",
                   "<|start|>", "<|end|>", "<|message|>", "<|call|>")
 TOKEN_TYPE_NORMAL, TOKEN_TYPE_CONTROL = 1, 3
+# gpt-4o splits "HelloWorld" / "camelCase" / "httpRequest" at the case change (no "o W", "el C",
+# "p R" join) but keeps "it's" / "don't" in one piece (the "it 's", "on 't" joins happen);
+# llama3's regex does the opposite.
+# Attention and output matrices stay F16 (llama-quantize would make them Q8_0). Q8_0 rounds
+# their inputs to 8 bits; a flipped rounding nudges the router, and top-k routing with softmax
+# over the chosen experts only is discontinuous, so llama.cpp's own FA on vs off runs disagreed
+# by 0.55 nats (p90 top-2 gap change) with Q8_0 there and 0.41 with F16.
+QUANTIZE_OPTIONS = ("--output-tensor-type", "f16", "--tensor-type", "attn=f16")
+BOUNDARY_MERGES = ("o W", "el C", "p R", "it 's", "on 't")
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,8 @@ def gpt4o_vocab() -> tuple[list[str], list[int], list[str]]:
     merges = list(values["tokenizer.ggml.merges"][: NUM_BPE_TOKENS - 256])
     # gpt-2's ids 256.. are its merges' results in merge order, so the cut is self-consistent.
     assert all(tokens[256 + k] == m.replace(" ", "") for k, m in enumerate(merges))
+    merges += BOUNDARY_MERGES
+    tokens += [m.replace(" ", "") for m in BOUNDARY_MERGES]
     types = [TOKEN_TYPE_NORMAL] * len(tokens) + [TOKEN_TYPE_CONTROL] * len(SPECIAL_TOKENS)
     return tokens + list(SPECIAL_TOKENS), types, merges
 
@@ -165,7 +180,8 @@ def write_quantized(path: str | Path) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         unquantized = Path(tmp) / "synthetic-gpt-oss-f32.gguf"
         write_unquantized(unquantized)
-        subprocess.run([str(LLAMA_CPP_BIN / "llama-quantize"), str(unquantized), str(path), "MXFP4_MOE"],
+        subprocess.run([str(LLAMA_CPP_BIN / "llama-quantize"), *QUANTIZE_OPTIONS, str(unquantized),
+                        str(path), "MXFP4_MOE"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return content_hash(path)
 
