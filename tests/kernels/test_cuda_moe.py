@@ -194,7 +194,7 @@ def test_paths_agree_and_rows_are_batch_invariant(cuda_ops, monkeypatch):
             alone = run_cuda(cuda_ops, raws, dense, biases, T.MXFP4, x[row:row + 1], logits[row:row + 1], 3)
             np.testing.assert_array_equal(batch[row], alone[0])
         outputs[name] = batch
-    assert per_token_rel_error(outputs["grouped"], outputs["gemv"].astype(np.float64)) <= 1e-5
+    assert_close_to_reference(outputs["grouped"], outputs["gemv"])  # summation order only
 
 
 @pytest.mark.parametrize("num_tokens", [4, 100])
