@@ -24,7 +24,8 @@ from make_synthetic_gpt_oss_gguf import FIXTURE, SPEC  # noqa: E402
 HIDDEN, FFN, HEADS, KV_HEADS, HEAD_DIM, EXPERTS, USED, VOCAB, LAYERS = 64, 32, 2, 1, 64, 4, 2, 40, 3
 
 
-def write(path: Path, skip: str = "", bad_shape: str = "", metadata: dict | None = None) -> Path:
+def write(path: Path, skip: str = "", bad_shape: str = "", metadata: dict | None = None,
+          bf16: tuple[str, ...] = ()) -> Path:
     rng = np.random.default_rng(0)
     a = "gpt-oss"
     w = GGUFWriter(str(path), a)
@@ -61,7 +62,11 @@ def write(path: Path, skip: str = "", bad_shape: str = "", metadata: dict | None
             continue
         if name == bad_shape:
             shape = (shape[0] + 1, *shape[1:])
-        w.add_tensor(name, (0.1 * rng.standard_normal(shape)).astype(np.float32))
+        values = (0.1 * rng.standard_normal(shape)).astype(np.float32)
+        if name in bf16:  # truncated to bfloat16 bits
+            w.add_tensor(name, (values.view(np.uint32) >> 16).astype(np.uint16), raw_dtype=T.BF16)
+        else:
+            w.add_tensor(name, values)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -139,3 +144,14 @@ def test_committed_fixture_layout():
     model = load_model(gguf_file, CpuOps())
     assert model.is_sliding == [True, False, True] and model.sliding_window == 16
     assert model.yarn.magnitude == pytest.approx(1 + 0.1 * math.log(32.0))
+
+
+def test_bf16_vectors_load_as_their_values(tmp_path):
+    names = ("blk.0.attn_sinks.weight", "blk.0.ffn_up_exps.bias")
+    plain = load_model(GGUFFile.open(write(tmp_path / "f32.gguf")), CpuOps())
+    model = load_model(GGUFFile.open(write(tmp_path / "bf16.gguf", bf16=names)), CpuOps())
+    for role in ("attn_sinks", "ffn_up_exps_bias"):
+        want = plain.layers[0][role]
+        got = model.layers[0][role]
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=2**-7, atol=0)  # bfloat16 keeps 8 bits
