@@ -3,7 +3,7 @@
 No Qwen2.5 / Phi-3 weights are available here, so tests/oracle/make_synthetic_family_gguf.py
 writes few-layer models with each family's exact tensor layout, real tokenizer metadata and
 random weights (mixes f16, q4_0, q4_k_m); gpt-oss has one MXFP4_MOE file made by llama-quantize
-from tests/oracle/make_synthetic_gpt_oss_gguf.py and committed (about 1 MB), with a synthetic
+from tests/oracle/make_synthetic_gpt_oss_gguf.py and committed (1.7 MB), with a synthetic
 gpt-4o vocabulary. tests/oracle/record_family_goldens.py recorded
 llama.cpp's greedy generations on them (16 steps, top-5 logprobs; flash attention on and off).
 This test regenerates the very files (same seed; `content_hash` checked against the goldens) and

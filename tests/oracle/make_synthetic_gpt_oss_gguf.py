@@ -7,7 +7,7 @@ layers 0 and 2, YaRN rope metadata of gpt-oss-20b, a router with bias over 6 exp
 run, expert biases, untied output) with seeded random F32 weights, and quantizes it with
 `llama-quantize IN OUT MXFP4_MOE` (experts MXFP4, token_embd Q8_0; attention and output kept F16,
 router, norms, biases and sinks F32). The
-quantized file is small (about 1 MB), so it is committed as
+quantized file is small (1.7 MB), so it is committed as
 tests/goldens/data/synthetic-gpt-oss-mxfp4_moe.gguf and CI needs no llama.cpp.
 
 Tokenizer: a byte-level BPE vocabulary that declares `tokenizer.ggml.pre = gpt-4o` (gpt-oss's
