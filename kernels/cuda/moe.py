@@ -10,8 +10,9 @@ and buffer size depends only on (num_tokens, k, num_experts), never on device va
    pair, which reads the expert id from device memory (moe_gemv.cu); gate and up share one
    kernel with the clamped SwiGLU applied in place, then the down GEMV;
 3. large batches: the pairs are counting-sorted by expert on the device into a buffer of
-   MAX_ROW_TILES(num_pairs, E) * TILE_M rows whose groups are padded to TILE_M, and a grouped
-   GEMM walks the row tiles, each owned by one expert (moe_grouped.cu);
+   max_row_tiles(num_pairs, E, tile_rows) * tile_rows rows whose groups are padded to tile_rows
+   (16 or 64, chosen from the average group size), and a grouped GEMM walks the row tiles, each
+   owned by one expert (moe_grouped.cu);
 4. the weighted sum over the k slots in rank order (moe_combine).
 
 Numerics: activations are rounded as the reference rounds them (`linear.round_activations`,
@@ -37,8 +38,10 @@ from .weights import GPU_TYPES, host_bytes, row_bytes_of, upload_rows
 GEMV_MAX_TOKENS = 8  # larger batches take the grouped GEMM
 GEMV_WARPS_PER_CTA = 4
 ROUTE_WARPS_PER_CTA = 4
-TILE_M = 64  # row tile of the grouped GEMM (moe_grouped.cu's TILE_M)
-TILE_N = 64
+TILE_N = 64  # output columns per grouped-GEMM CTA (moe_grouped.cu)
+# Row tiles of the grouped GEMM: 16 * ROWS for its ROWS template argument. Large tiles reuse each
+# dequantized weight block for more rows; small ones waste less on padding when groups are small.
+SMALL_TILE_ROWS, LARGE_TILE_ROWS = 16, 64
 GROUPED_THREADS = 256
 _NULL = np.uint64(0)
 
@@ -110,26 +113,32 @@ def route(
     return selected, weights
 
 
-def max_row_tiles(num_pairs: int, num_experts: int) -> int:
+def tile_rows_for(num_pairs: int, num_experts: int) -> int:
+    """The grouped GEMM's row tile: large once the average expert group fills one."""
+    return LARGE_TILE_ROWS if num_pairs >= LARGE_TILE_ROWS * num_experts else SMALL_TILE_ROWS
+
+
+def max_row_tiles(num_pairs: int, num_experts: int, tile_rows: int) -> int:
     """Row tiles the padded groups can need: each expert's partial last tile adds at most one."""
-    return num_pairs // TILE_M + min(num_experts, num_pairs)
+    return num_pairs // tile_rows + min(num_experts, num_pairs)
 
 
 def group_pairs(
     selected: cupy.ndarray,  # [num_tokens, k] int32
     num_experts: int,
-) -> tuple[cupy.ndarray, cupy.ndarray]:  # tile_expert [max_tiles] int32, sorted_pairs [max_tiles * TILE_M] int32
+    tile_rows: int,
+) -> tuple[cupy.ndarray, cupy.ndarray]:  # tile_expert [max_tiles] int32, sorted_pairs [max_tiles * tile_rows] int32
     """Counting sort of the (token, slot) pairs by expert, on the device, into fixed-size buffers."""
     num_pairs = selected.size
-    max_tiles = max_row_tiles(num_pairs, num_experts)
+    max_tiles = max_row_tiles(num_pairs, num_experts, tile_rows)
     counters = cupy.zeros(2 * num_experts, dtype=np.int32)  # counts, then scatter cursors
     group_begin = cupy.empty(num_experts + 1, dtype=np.int32)
     tile_expert = cupy.empty(max_tiles, dtype=np.int32)
-    sorted_pairs = cupy.full(max_tiles * TILE_M, -1, dtype=np.int32)
+    sorted_pairs = cupy.full(max_tiles * tile_rows, -1, dtype=np.int32)
     grid = (blocks_for(num_pairs, 256),)
     launch("moe_route.cu", "moe_count_pairs", grid, (256,), (selected, np.int32(num_pairs), counters))
     launch("moe_route.cu", "moe_group_offsets", (1,), (256,),
-           (counters, np.int32(num_experts), np.int32(TILE_M), np.int32(max_tiles), group_begin, tile_expert))
+           (counters, np.int32(num_experts), np.int32(tile_rows), np.int32(max_tiles), group_begin, tile_expert))
     launch("moe_route.cu", "moe_scatter_pairs", grid, (256,),
            (selected, np.int32(num_pairs), group_begin, counters[num_experts:], sorted_pairs))
     return tile_expert, sorted_pairs
@@ -161,17 +170,19 @@ def _gemv_path(x_rounded, selected, k, gate_exps, up_exps, down_exps, biases, al
 def _grouped_path(x_rounded, selected, k, gate_exps, up_exps, down_exps, biases, alpha, limit):
     num_pairs = selected.size
     ffn, hidden = gate_exps.out_features, down_exps.out_features
-    tile_expert, sorted_pairs = group_pairs(selected, gate_exps.num_experts)
+    tile_rows = tile_rows_for(num_pairs, gate_exps.num_experts)
+    tile_expert, sorted_pairs = group_pairs(selected, gate_exps.num_experts, tile_rows)
     num_tiles = tile_expert.shape[0]
+    rows = tile_rows // 16
     h = cupy.empty((num_pairs, ffn), dtype=np.float32)
-    launch("moe_grouped.cu", f"moe_grouped<{int(gate_exps.ggml_type)}, 1>",
+    launch("moe_grouped.cu", f"moe_grouped<{int(gate_exps.ggml_type)}, 1, {rows}>",
            (num_tiles, blocks_for(ffn, TILE_N)), (GROUPED_THREADS,),
            (gate_exps.raw, up_exps.raw, np.int64(gate_exps.expert_bytes), np.int64(gate_exps.row_bytes),
             np.int32(ffn), np.int32(gate_exps.in_features // 32), tile_expert, sorted_pairs, x_rounded,
             np.int32(k), biases[0], biases[1], alpha, limit, h))
     h_rounded = round_activations(h, down_exps.rounding)
     y = cupy.empty((num_pairs, hidden), dtype=np.float32)
-    launch("moe_grouped.cu", f"moe_grouped<{int(down_exps.ggml_type)}, 0>",
+    launch("moe_grouped.cu", f"moe_grouped<{int(down_exps.ggml_type)}, 0, {rows}>",
            (num_tiles, blocks_for(hidden, TILE_N)), (GROUPED_THREADS,),
            (down_exps.raw, _NULL, np.int64(down_exps.expert_bytes), np.int64(down_exps.row_bytes),
             np.int32(hidden), np.int32(ffn // 32), tile_expert, sorted_pairs, h_rounded,

@@ -152,7 +152,8 @@ def test_routing_matches_reference_with_ties(cuda_ops, num_tokens, num_experts, 
     np.testing.assert_allclose(cupy.asnumpy(weights), expected_weights, rtol=1e-6)
 
 
-def test_grouping_is_a_padded_counting_sort(cuda_ops):
+@pytest.mark.parametrize("tile_rows", [16, 64])
+def test_grouping_is_a_padded_counting_sort(cuda_ops, tile_rows):
     import cupy
 
     from cupyserve.kernels.cuda import moe
@@ -162,10 +163,11 @@ def test_grouping_is_a_padded_counting_sort(cuda_ops):
     logits = rng.standard_normal((300, num_experts)).astype(np.float32)
     logits[:, 3] += 4.0  # one crowded expert spanning several tiles; some experts unused
     selected, _ = moe.route(cupy.asarray(logits), k)
-    tile_expert, sorted_pairs = (cupy.asnumpy(a) for a in moe.group_pairs(selected, num_experts))
+    grouping = moe.group_pairs(selected, num_experts, tile_rows)
+    tile_expert, sorted_pairs = (cupy.asnumpy(a) for a in grouping)
     flat = cupy.asnumpy(selected).reshape(-1)
     assert sorted(p for p in sorted_pairs if p >= 0) == list(range(flat.size))  # each pair once
-    tiles = sorted_pairs.reshape(-1, moe.TILE_M)
+    tiles = sorted_pairs.reshape(-1, tile_rows)
     for tile, expert in zip(tiles, tile_expert):
         pairs = tile[tile >= 0]
         if expert < 0:
@@ -175,7 +177,7 @@ def test_grouping_is_a_padded_counting_sort(cuda_ops):
     used = tile_expert[tile_expert >= 0]
     assert np.all(np.diff(used) >= 0)  # groups in expert order
     counts = np.bincount(flat, minlength=num_experts)
-    assert np.array_equal(np.bincount(used, minlength=num_experts), -(-counts // moe.TILE_M))
+    assert np.array_equal(np.bincount(used, minlength=num_experts), -(-counts // tile_rows))
 
 
 def test_paths_agree_and_rows_are_batch_invariant(cuda_ops, monkeypatch):
