@@ -124,12 +124,17 @@ def test_moe_matches_float64_and_reference(cuda_ops, num_tokens, hidden, ffn, nu
     assert_close_to_reference(actual, run_reference(raws, dense, biases, ggml_type, x, logits, k))
 
 
+@pytest.fixture(scope="module")
+def gpt_oss_20b_layer():
+    """One random layer of the real shape, built once (dequantizing it takes seconds)."""
+    return make_layer(T.MXFP4, 32, 2880, 2880, np.random.default_rng(20))
+
+
 @pytest.mark.parametrize("num_tokens", [1, 300])
-def test_gpt_oss_20b_layer_shape(cuda_ops, num_tokens):
+def test_gpt_oss_20b_layer_shape(cuda_ops, gpt_oss_20b_layer, num_tokens):
     """hidden 2880, ffn 2880, 32 experts, top-4, MXFP4: the real layer's shape."""
-    rng = np.random.default_rng(num_tokens)
-    raws, dense, biases = make_layer(T.MXFP4, 32, 2880, 2880, rng)
-    x, logits = make_inputs(dense, num_tokens, 32, rng)
+    raws, dense, biases = gpt_oss_20b_layer
+    x, logits = make_inputs(dense, num_tokens, 32, np.random.default_rng(num_tokens))
     actual = run_cuda(cuda_ops, raws, dense, biases, T.MXFP4, x, logits, 4)
     rounded = moe_float64(x, logits, dense, biases, 4, rounding="q8_32")
     assert per_token_rel_error(actual, rounded) <= MXFP4_GATE
