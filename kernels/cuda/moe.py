@@ -12,12 +12,15 @@ and buffer size depends only on (num_tokens, k, num_experts), never on device va
 3. large batches: the pairs are counting-sorted by expert on the device into a buffer of
    max_row_tiles(num_pairs, E, tile_rows) * tile_rows rows whose groups are padded to tile_rows
    (16 or 64, chosen from the average group size), and a grouped GEMM walks the row tiles, each
-   owned by one expert (moe_grouped.cu);
+   owned by one expert: on tensor cores for MXFP4 (moe_grouped_mma.cu: fp16 mma over the q8
+   codes and the doubled E2M1 integers, exact, scaled per 32-block), in float32 SIMT for the
+   other types (moe_grouped.cu);
 4. the weighted sum over the k slots in rank order (moe_combine).
 
 Numerics: activations are rounded as the reference rounds them (`linear.round_activations`,
-q8_32 for MXFP4/Q8_0), weights are dequantized to float32 as gguf does, and all sums are float32,
-so both paths differ from the reference only by summation order (and expf's last bit).
+q8_32 for MXFP4/Q8_0), weights are dequantized to float32 as gguf does (or kept as exact integer
+codes on the tensor-core path), and all sums are float32, so every path differs from the
+reference only by summation order (and expf's last bit).
 `generated_rows` is accepted for API parity: each output row is computed by a kernel whose
 result does not depend on the other rows of its path (see docs/cuda.md).
 """
@@ -31,7 +34,7 @@ from gguf import GGMLQuantizationType as T
 
 from ..reference.linear import activation_rounding
 from ..reference.moe import check_shapes
-from .linear import round_activations
+from .linear import quantize_q8_32, round_activations
 from .module_cache import blocks_for, launch
 from .weights import GPU_TYPES, host_bytes, row_bytes_of, upload_rows
 
@@ -42,7 +45,10 @@ TILE_N = 64  # output columns per grouped-GEMM CTA (moe_grouped.cu)
 # Row tiles of the grouped GEMM: 16 * ROWS for its ROWS template argument. Large tiles reuse each
 # dequantized weight block for more rows; small ones waste less on padding when groups are small.
 SMALL_TILE_ROWS, LARGE_TILE_ROWS = 16, 64
-GROUPED_THREADS = 256
+GROUPED_THREADS = 256  # both grouped kernels
+# MXFP4 experts in the grouped path use tensor cores (exact integer products, see
+# moe_grouped_mma.cu); False sends them through the float32 SIMT kernel like the other types.
+GROUPED_TENSOR_CORES = True
 _NULL = np.uint64(0)
 
 
@@ -148,10 +154,11 @@ def _bias(bias) -> cupy.ndarray | np.uint64:
     return _NULL if bias is None else cupy.ascontiguousarray(cupy.asarray(bias), dtype=np.float32)
 
 
-def _gemv_path(x_rounded, selected, k, gate_exps, up_exps, down_exps, biases, alpha, limit):
+def _gemv_path(x, selected, k, gate_exps, up_exps, down_exps, biases, alpha, limit):
     num_pairs = selected.size
     ffn, hidden = gate_exps.out_features, down_exps.out_features
     block = (32 * GEMV_WARPS_PER_CTA,)
+    x_rounded = round_activations(x, gate_exps.rounding)
     h = cupy.empty((num_pairs, ffn), dtype=np.float32)
     launch("moe_gemv.cu", f"moe_gate_up_gemv<{int(gate_exps.ggml_type)}>",
            (blocks_for(ffn, GEMV_WARPS_PER_CTA), num_pairs), block,
@@ -167,26 +174,47 @@ def _gemv_path(x_rounded, selected, k, gate_exps, up_exps, down_exps, biases, al
     return y
 
 
-def _grouped_path(x_rounded, selected, k, gate_exps, up_exps, down_exps, biases, alpha, limit):
+def uses_tensor_cores(weights: ExpertWeights) -> bool:
+    """MXFP4 experts take the exact fp16-mma grouped GEMM (moe_grouped_mma.cu)."""
+    return GROUPED_TENSOR_CORES and weights.ggml_type == T.MXFP4
+
+
+def _grouped_matmul(
+    act: cupy.ndarray,  # [num_act_rows, in_features] float32, not yet rounded
+    act_div: int,  # activation row of a pair: pair // act_div
+    weights: ExpertWeights,
+    up_weights: ExpertWeights | None,  # given: out = swiglu_oai(act.w + b0, act.up + b1)
+    grouping: tuple,  # (tile_expert, sorted_pairs, tile_rows) from group_pairs
+    bias0, bias1, alpha, limit,
+    out: cupy.ndarray,  # [num_pairs, out_features] float32
+) -> None:
+    tile_expert, sorted_pairs, tile_rows = grouping
+    num_out = weights.out_features
+    gate_up = int(up_weights is not None)
+    grid = (tile_expert.shape[0], blocks_for(num_out, TILE_N))
+    head = (weights.raw, up_weights.raw if gate_up else _NULL, np.int64(weights.expert_bytes),
+            np.int64(weights.row_bytes), np.int32(num_out), np.int32(weights.in_features // 32),
+            tile_expert, sorted_pairs)
+    tail = (np.int32(act_div), bias0, bias1, alpha, limit, out)
+    if uses_tensor_cores(weights):
+        codes, scales = quantize_q8_32(act)
+        launch("moe_grouped_mma.cu", f"moe_grouped_mxfp4_mma<{gate_up}, {tile_rows // 16}>", grid,
+               (GROUPED_THREADS,), head + (codes, scales) + tail)
+    else:
+        rounded = round_activations(act, weights.rounding)
+        launch("moe_grouped.cu", f"moe_grouped<{int(weights.ggml_type)}, {gate_up}, {tile_rows // 16}>",
+               grid, (GROUPED_THREADS,), head + (rounded,) + tail)
+
+
+def _grouped_path(x, selected, k, gate_exps, up_exps, down_exps, biases, alpha, limit):
     num_pairs = selected.size
     ffn, hidden = gate_exps.out_features, down_exps.out_features
     tile_rows = tile_rows_for(num_pairs, gate_exps.num_experts)
-    tile_expert, sorted_pairs = group_pairs(selected, gate_exps.num_experts, tile_rows)
-    num_tiles = tile_expert.shape[0]
-    rows = tile_rows // 16
+    grouping = (*group_pairs(selected, gate_exps.num_experts, tile_rows), tile_rows)
     h = cupy.empty((num_pairs, ffn), dtype=np.float32)
-    launch("moe_grouped.cu", f"moe_grouped<{int(gate_exps.ggml_type)}, 1, {rows}>",
-           (num_tiles, blocks_for(ffn, TILE_N)), (GROUPED_THREADS,),
-           (gate_exps.raw, up_exps.raw, np.int64(gate_exps.expert_bytes), np.int64(gate_exps.row_bytes),
-            np.int32(ffn), np.int32(gate_exps.in_features // 32), tile_expert, sorted_pairs, x_rounded,
-            np.int32(k), biases[0], biases[1], alpha, limit, h))
-    h_rounded = round_activations(h, down_exps.rounding)
+    _grouped_matmul(x, k, gate_exps, up_exps, grouping, biases[0], biases[1], alpha, limit, h)
     y = cupy.empty((num_pairs, hidden), dtype=np.float32)
-    launch("moe_grouped.cu", f"moe_grouped<{int(down_exps.ggml_type)}, 0, {rows}>",
-           (num_tiles, blocks_for(hidden, TILE_N)), (GROUPED_THREADS,),
-           (down_exps.raw, _NULL, np.int64(down_exps.expert_bytes), np.int64(down_exps.row_bytes),
-            np.int32(hidden), np.int32(ffn // 32), tile_expert, sorted_pairs, h_rounded,
-            np.int32(1), biases[2], _NULL, alpha, limit, y))
+    _grouped_matmul(h, 1, down_exps, None, grouping, biases[2], _NULL, alpha, limit, y)
     return y
 
 
@@ -220,10 +248,9 @@ def moe_ffn(
         return out
     k = num_experts_used
     selected, weights = route(router_logits, k)
-    x_rounded = round_activations(x, gate_exps.rounding)
     path = _gemv_path if num_tokens <= GEMV_MAX_TOKENS else _grouped_path
-    y = path(x_rounded, selected, k, gate_exps, up_exps, down_exps, biases,
-             np.float32(swiglu_alpha), np.float32(swiglu_limit))
+    y = path(x, selected, k, gate_exps, up_exps, down_exps, biases, np.float32(swiglu_alpha),
+             np.float32(swiglu_limit))
     launch("moe_route.cu", "moe_combine", (blocks_for(num_tokens * hidden, 256),), (256,),
            (y, weights, np.int32(num_tokens), np.int32(k), np.int32(hidden), out))
     return out

@@ -142,6 +142,20 @@ def test_gpt_oss_20b_layer_shape(cuda_ops, gpt_oss_20b_layer, num_tokens):
     assert_close_to_reference(actual, run_reference(raws, dense, biases, T.MXFP4, x, logits, 4))
 
 
+@pytest.mark.parametrize("tensor_cores", [False, True], ids=["simt", "mma"])
+@pytest.mark.parametrize("num_tokens,num_experts,k", [(64, 4, 4), (64, 32, 4), (300, 8, 2)])
+def test_grouped_mxfp4_kernels_match_reference(cuda_ops, monkeypatch, tensor_cores, num_tokens, num_experts, k):
+    """Both grouped kernels for MXFP4 (float32 SIMT and exact fp16 mma), both row tiles (16, 64)."""
+    from cupyserve.kernels.cuda import moe
+
+    monkeypatch.setattr(moe, "GROUPED_TENSOR_CORES", tensor_cores)
+    rng = np.random.default_rng([num_tokens, num_experts, k])
+    raws, dense, biases = make_layer(T.MXFP4, num_experts, 160, 224, rng)
+    x, logits = make_inputs(dense, num_tokens, num_experts, rng)
+    actual = run_cuda(cuda_ops, raws, dense, biases, T.MXFP4, x, logits, k)
+    assert_close_to_reference(actual, run_reference(raws, dense, biases, T.MXFP4, x, logits, k))
+
+
 @pytest.mark.parametrize("num_tokens,num_experts,k", [(1, 4, 2), (33, 32, 4), (300, 8, 8)])
 def test_routing_matches_reference_with_ties(cuda_ops, num_tokens, num_experts, k):
     import cupy
