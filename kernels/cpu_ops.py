@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .fault_injection import FaultInjection
-from .reference import activation, attention, norm, rope, sampling
+from .reference import activation, attention, moe, norm, rope, sampling
 from .reference import linear as linear_ops
 
 
@@ -38,6 +38,8 @@ class CpuOps(FaultInjection):
     can_fuse = staticmethod(linear_ops.can_fuse)
     linear = staticmethod(linear_ops.linear)
     embedding = staticmethod(linear_ops.embedding)
+    load_experts = staticmethod(moe.load_experts)
+    moe_ffn = staticmethod(moe.moe_ffn)
     # Token sampling (kernels/reference/sampling.py; the CUDA twin is kernels/cuda/sampling.py).
     sampling = sampling
 

@@ -38,3 +38,56 @@ def require_gpu():
     except Exception as error:  # no driver
         pytest.skip(f"no CUDA device ({error})")
     return cupy
+
+
+def moe_float64(x, router_logits, experts, biases, num_experts_used, rounding=None, alpha=1.702, limit=7.0):
+    """The gpt-oss MoE layer (the contract of kernels/reference/moe.py) written out in float64,
+    independent of the op under test. experts: {"gate", "up", "down"} -> dequantized
+    [E, out, in] arrays; biases: same keys -> [E, out] or None. rounding: None for exact math,
+    or a `round_activations` mode applied (in float32, as ggml does) to each expert matmul's input.
+    Returns [num_tokens, hidden] float64."""
+    import numpy as np
+
+    from cupyserve.kernels.reference.linear import round_activations
+
+    def prepare(v):
+        if rounding is None:
+            return np.asarray(v, dtype=np.float64)
+        return round_activations(np.asarray(v, dtype=np.float32), rounding).astype(np.float64)
+
+    def bias(name, e):
+        return 0.0 if biases.get(name) is None else np.asarray(biases[name][e], dtype=np.float64)
+
+    logits = np.asarray(router_logits)
+    num_tokens, num_experts = logits.shape
+    chosen = np.array([sorted(range(num_experts), key=lambda e: (-float(row[e]), e))[:num_experts_used]
+                       for row in logits]).reshape(num_tokens, num_experts_used)
+    chosen_logits = np.take_along_axis(logits, chosen, axis=1).astype(np.float64)
+    weights = np.exp(chosen_logits - chosen_logits.max(axis=1, keepdims=True))
+    weights /= weights.sum(axis=1, keepdims=True)
+    x_in = prepare(x)
+    out = np.zeros((num_tokens, experts["down"].shape[1]))
+    for e in range(num_experts):
+        tokens, slots = np.nonzero(chosen == e)
+        if tokens.size == 0:
+            continue
+        g = x_in[tokens] @ experts["gate"][e].astype(np.float64).T + bias("gate", e)
+        u = x_in[tokens] @ experts["up"][e].astype(np.float64).T + bias("up", e)
+        g = np.minimum(g, limit)
+        u = np.clip(u, -limit, limit)
+        h = g / (1.0 + np.exp(-alpha * g)) * (u + 1.0)
+        y = prepare(h) @ experts["down"][e].astype(np.float64).T + bias("down", e)
+        out[tokens] += weights[tokens, slots][:, None] * y
+    return out
+
+
+def per_token_rel_error(actual, expected) -> float:
+    """max over tokens of ||actual - expected|| / ||expected|| (float64); NaN anywhere gives inf."""
+    import numpy as np
+
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    if not np.all(np.isfinite(actual)):
+        return float("inf")
+    norms = np.linalg.norm(expected, axis=1)
+    return float((np.linalg.norm(actual - expected, axis=1) / np.where(norms > 0, norms, 1.0)).max())

@@ -12,7 +12,7 @@ import cupyx
 import numpy as np
 
 from ..fault_injection import FaultInjection
-from . import activation, attention, linear as linear_ops, norm, rope, sampling, weights
+from . import activation, attention, linear as linear_ops, moe, norm, rope, sampling, weights
 from .graphs import GraphPool
 
 
@@ -45,6 +45,8 @@ class CudaOps(FaultInjection):
     can_fuse = staticmethod(weights.can_fuse)
     linear = staticmethod(linear_ops.linear)
     embedding = staticmethod(linear_ops.embedding)
+    load_experts = staticmethod(moe.load_experts)
+    moe_ffn = staticmethod(moe.moe_ffn)
     # Token sampling on the device (kernels/cuda/sampling.py; the twin of reference/sampling.py).
     sampling = sampling
 

@@ -2,17 +2,18 @@
 // application in the normal (adjacent pairs) or neox (halves) layout.
 #include "common.cuh"
 
-//   positions: [num_tokens] int32;  inv_freq: [half] float64 (freq factors already applied)
+//   positions: [num_tokens] int32;  inv_freq: [half] float64 (freq factors, YaRN blend applied)
+//   magnitude: YaRN's cos/sin scale (1 without YaRN)
 //   cos_out, sin_out: [num_tokens, half] float32
 __global__ void rope_cos_sin(const int* __restrict__ positions, const double* __restrict__ inv_freq,
-                             int num_tokens, int half, double scale,
+                             int num_tokens, int half, double scale, double magnitude,
                              float* __restrict__ cos_out, float* __restrict__ sin_out) {
     const i64 index = blockIdx.x * (i64)blockDim.x + threadIdx.x;
     if (index >= (i64)num_tokens * half) return;
     const int token = (int)(index / half), i = (int)(index % half);
     const double angle = ((double)positions[token] * scale) * inv_freq[i];
-    cos_out[index] = (float)cos(angle);
-    sin_out[index] = (float)sin(angle);
+    cos_out[index] = (float)(cos(angle) * magnitude);
+    sin_out[index] = (float)(sin(angle) * magnitude);
 }
 
 // One thread per output element; features past rope_dim are copied unchanged.

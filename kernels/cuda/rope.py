@@ -1,26 +1,27 @@
-"""Rotary position embedding launchers (cos/sin table on the device, normal or neox rotation)."""
+"""Rotary position embedding launchers (cos/sin table on the device, normal or neox rotation).
+
+The per-pair frequencies (freq factors, YaRN blend) are a few dozen float64 values computed once on
+the host by the reference's `rope_inv_freq`; the table and the rotation run on the device."""
 from __future__ import annotations
 
 import cupy
 import numpy as np
 
+from ..reference.rope import YarnScaling, rope_inv_freq
 from .arrays import as_rows
 from .module_cache import blocks_for, launch
 
 _inv_freq_cache: dict[tuple, cupy.ndarray] = {}
 
 
-def _inv_freq(rope_dim: int, theta: float, freq_factors: np.ndarray | None) -> cupy.ndarray:
-    """[rope_dim // 2] float64 on the device, computed on the host exactly as the reference does."""
+def _inv_freq(rope_dim: int, theta: float, freq_factors: np.ndarray | None,
+              yarn: YarnScaling | None) -> cupy.ndarray:
+    """[rope_dim // 2] float64 on the device, computed on the host by the reference's own formula."""
     factors = None if freq_factors is None else np.asarray(cupy.asnumpy(freq_factors), np.float64)
-    key = (cupy.cuda.Device().id, rope_dim, float(theta), None if factors is None else factors.tobytes())
+    key = (cupy.cuda.Device().id, rope_dim, float(theta), None if factors is None else factors.tobytes(), yarn)
     cached = _inv_freq_cache.get(key)
     if cached is None:
-        exponents = np.arange(0, rope_dim, 2, dtype=np.float64) / rope_dim
-        inv_freq = 1.0 / (theta**exponents)
-        if factors is not None:
-            inv_freq = inv_freq / factors
-        cached = _inv_freq_cache[key] = cupy.asarray(inv_freq)
+        cached = _inv_freq_cache[key] = cupy.asarray(rope_inv_freq(rope_dim, theta, factors, yarn))
     return cached
 
 
@@ -30,15 +31,17 @@ def rope_cos_sin(
     theta: float,
     freq_factors: np.ndarray | None = None,  # [rope_dim // 2] float32 (host or device)
     scale: float = 1.0,
+    yarn: YarnScaling | None = None,
 ) -> tuple[cupy.ndarray, cupy.ndarray]:  # cos, sin: [num_tokens, rope_dim // 2] float32
     positions = cupy.ascontiguousarray(cupy.asarray(positions), dtype=np.int32)
     num_tokens, half = positions.shape[0], rope_dim // 2
     cos = cupy.empty((num_tokens, half), dtype=np.float32)
     sin = cupy.empty((num_tokens, half), dtype=np.float32)
+    magnitude = 1.0 if yarn is None else yarn.magnitude
     if num_tokens:
         launch("rope.cu", "rope_cos_sin", (blocks_for(num_tokens * half, 256),), (256,),
-               (positions, _inv_freq(rope_dim, theta, freq_factors), np.int32(num_tokens),
-                np.int32(half), np.float64(scale), cos, sin))
+               (positions, _inv_freq(rope_dim, theta, freq_factors, yarn), np.int32(num_tokens),
+                np.int32(half), np.float64(scale), np.float64(magnitude), cos, sin))
     return cos, sin
 
 

@@ -2,7 +2,8 @@
 
 Families that need more than switches (gemma's scaled embeddings, extra norms, ...) subclass
 `DecoderModel` and override the small hooks (`embed`, `attention_block`, `qk_transform`,
-`attention_options`, `layer_rope`, `ffn_block`); `LayerWeights.index` says which layer a hook runs for.
+`attention_options`, `layer_rope`, `rope_scaling_options`, `ffn_block`, `load_ffn`);
+`LayerWeights.index` says which layer a hook runs for.
 """
 from __future__ import annotations
 
@@ -61,12 +62,16 @@ class DecoderModel:
         elif "attn_qkv" in names:
             weights.tensors["attn_qkv"] = loader.matrix([names["attn_qkv"]])
         weights.tensors["attn_output"] = loader.matrix([names["attn_output"]])
+        self.load_ffn(loader, names, weights)
+        return weights
+
+    def load_ffn(self, loader: WeightLoader, names: dict[str, str], weights: LayerWeights) -> None:
+        """The FFN matrices of one layer (`names`: role -> GGUF name); MoE families override it."""
         if "ffn_gate" in names:
             weights.tensors["ffn_gate_up"] = loader.matrix([names["ffn_gate"], names["ffn_up"]])
         else:
             weights.tensors["ffn_up"] = loader.matrix([names["ffn_up"]])
         weights.tensors["ffn_down"] = loader.matrix([names["ffn_down"]])
-        return weights
 
     # ---- forward -------------------------------------------------------------------------
 
@@ -77,7 +82,7 @@ class DecoderModel:
         kv_caches: list[tuple[Any, Any]],  # per layer (k_cache, v_cache)
         logits_indices: Any,  # [num_logits] int: rows of the batch whose logits are wanted
     ) -> Any:  # [num_logits, vocab_size] float32 on the device
-        cfg, ops = self.config, self.ops
+        ops = self.ops
         hidden = self.embed(token_ids)
         rope_tables = self.rope_tables(batch.positions)
         residual = None
@@ -112,9 +117,15 @@ class DecoderModel:
             if params not in by_params:
                 theta, scale = params
                 by_params[params] = self.ops.rope_cos_sin(positions, self.config.rope_dim, theta,
-                                                          self.rope_freq_factors, scale)
+                                                          self.rope_freq_factors, scale,
+                                                          **self.rope_scaling_options(index))
             tables.append(by_params[params])
         return tables
+
+    def rope_scaling_options(self, index: int) -> dict[str, Any]:
+        """Extra `ops.rope_cos_sin` arguments of layer `index` (gpt-oss: `yarn`); layers that share
+        `layer_rope` values must share these too."""
+        return {}
 
     def embed(self, token_ids: Any) -> Any:  # -> [num_tokens, hidden] float32
         if self.shard is not None:
@@ -144,8 +155,11 @@ class DecoderModel:
         ops.write_kv(k_cache, v_cache, k, v, batch.slot_mapping)
         attended = ops.paged_attention(q, k_cache, v_cache, batch, cfg.attention_scale,
                                        **self.attention_options(layer))
-        return self.reduce_partial(ops.linear(attended.reshape(num_tokens, cfg.q_size),
-                                              layer["attn_output"], generated_rows=rows))
+        bias = layer.get("attn_output_bias")
+        # A row-parallel shard's partial sums are reduced first; its bias must be added once.
+        out = self.reduce_partial(ops.linear(attended.reshape(num_tokens, cfg.q_size), layer["attn_output"],
+                                             bias if self.shard is None else None, generated_rows=rows))
+        return out if bias is None or self.shard is None else out + bias
 
     def qk_transform(self, layer: LayerWeights, q: Any, k: Any, cos: Any, sin: Any) -> tuple[Any, Any]:
         style = self.config.rope_style

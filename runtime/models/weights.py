@@ -9,6 +9,9 @@ import numpy as np
 from .family import FamilyConfig, TensorSpec, eval_expr
 
 
+_BF16 = 30  # GGML type id
+
+
 @dataclass
 class LayerWeights:
     tensors: dict[str, Any] = field(default_factory=dict)
@@ -54,9 +57,12 @@ class WeightLoader:
         return name in self.gguf.tensors
 
     def vector(self, name: str) -> Any:
-        """A 1-D (or small) float tensor, as float32 on the device."""
+        """A 1-D (or small) F32/F16/BF16 tensor, as float32 on the device."""
         info = self.gguf.tensors[name]
-        host = self.gguf.array(name).astype(np.float32).reshape(info.shape)
+        host = self.gguf.array(name)
+        if int(info.ggml_type) == _BF16:  # the view holds the raw bits: the upper half of a float32
+            host = (host.astype(np.uint32) << 16).view(np.float32)
+        host = host.astype(np.float32).reshape(info.shape)
         self.num_bytes_loaded += info.num_bytes
         return self.ops.asarray(host)
 
@@ -67,6 +73,17 @@ class WeightLoader:
         raws = [self.gguf.raw(n) for n in names]
         self.num_bytes_loaded += sum(i.num_bytes for i in infos)
         return self.ops.load_weight(raws, [int(i.ggml_type) for i in infos], in_features)
+
+    def experts(self, name: str) -> Any:
+        """A `[num_experts, out_features, in_features]` tensor, kept in its block format by the
+        backend (`ops.load_experts`)."""
+        info = self.gguf.tensors[name]
+        if len(info.shape) != 3:
+            raise ValueError(f"tensor {name!r}: expert weights must be 3-D, got shape {info.shape}")
+        num_experts, out_features, in_features = (int(d) for d in info.shape)
+        self.num_bytes_loaded += info.num_bytes
+        return self.ops.load_experts(self.gguf.raw(name), int(info.ggml_type), num_experts,
+                                     out_features, in_features)
 
 
 ProgressCallback = Callable[[int, int], None]  # (layers done, layers total)

@@ -1,8 +1,10 @@
-"""qwen2 and phi3 on the NumPy backend vs llama.cpp, on small synthetic GGUFs of each family.
+"""qwen2, phi3 and gpt-oss on the NumPy backend vs llama.cpp, on small synthetic GGUFs of each family.
 
 No Qwen2.5 / Phi-3 weights are available here, so tests/oracle/make_synthetic_family_gguf.py
 writes few-layer models with each family's exact tensor layout, real tokenizer metadata and
-random weights (mixes f16, q4_0, q4_k_m), and tests/oracle/record_family_goldens.py recorded
+random weights (mixes f16, q4_0, q4_k_m); gpt-oss has one MXFP4_MOE file made by llama-quantize
+from tests/oracle/make_synthetic_gpt_oss_gguf.py and committed (1.7 MB), with a synthetic
+gpt-4o vocabulary. tests/oracle/record_family_goldens.py recorded
 llama.cpp's greedy generations on them (16 steps, top-5 logprobs; flash attention on and off).
 This test regenerates the very files (same seed; `content_hash` checked against the goldens) and
 compares under the rules of docs/fidelity.md, on the NumPy backend and, where a GPU is found,
@@ -29,9 +31,11 @@ from testdata import require_gpu
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "oracle"))
 from make_synthetic_family_gguf import VOCAB_DIR, content_hash, write  # noqa: E402
+from make_synthetic_gpt_oss_gguf import FIXTURE as GPT_OSS_FIXTURE  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 CASES = [(f, q, d) for d in ("cpu", "cuda") for f in ("qwen2", "phi3") for q in ("f16", "q4_0", "q4_k_m")]
+CASES += [("gpt-oss", "mxfp4_moe", d) for d in ("cpu", "cuda")]
 MAX_MEAN_LOGPROB_ERROR = 0.1
 FAR_FROM_TIE_NATS = 0.5  # or twice llama.cpp's own noise, where that is larger (qwen2 q4_k_m: 0.59)
 MIN_STEPS_COMPARED = 20  # of 80; the walk stops at near ties, many on the noisy q4_k_m mixes
@@ -46,19 +50,25 @@ def case(request, tmp_path_factory):
     family, quant, device = request.param
     if device == "cuda":
         require_gpu()
-    if not VOCAB_DIR.is_dir():
-        pytest.skip(f"{VOCAB_DIR} (llama.cpp's vocab fixtures) not found; set CUPYSERVE_VOCAB_DIR")
     name = f"synthetic-{family}-{quant}"
     references = [json.loads((DATA / f"{name}{suffix}.json").read_text()) for suffix in ("", ".fa-off")]
-    path = tmp_path_factory.mktemp("synthetic") / f"{name}.gguf"
-    digest = write(family, quant, path)
-    assert digest == references[0]["content_hash"] == content_hash(path), \
-        f"{name}: the regenerated fixture is not the file llama.cpp recorded"
+    if family == "gpt-oss":  # made by llama-quantize, committed (make_synthetic_gpt_oss_gguf.py)
+        path, is_generated = GPT_OSS_FIXTURE, False
+        assert content_hash(path) == references[0]["content_hash"], \
+            f"{name}: the committed fixture is not the file llama.cpp recorded"
+    else:
+        if not VOCAB_DIR.is_dir():
+            pytest.skip(f"{VOCAB_DIR} (llama.cpp's vocab fixtures) not found; set CUPYSERVE_VOCAB_DIR")
+        path, is_generated = tmp_path_factory.mktemp("synthetic") / f"{name}.gguf", True
+        digest = write(family, quant, path)
+        assert digest == references[0]["content_hash"] == content_hash(path), \
+            f"{name}: the regenerated fixture is not the file llama.cpp recorded"
     engine = LLMEngine(EngineArgs(model=str(path), device=device, max_num_seqs=8,
                                   kv_cache_memory=32 << 20, enable_prefix_caching=False))
     yield family, f"{quant}-{device}", engine, references
     del engine
-    path.unlink()
+    if is_generated:
+        path.unlink()
 
 
 def run(engine, prompts: list[list[int]], params: SamplingParams) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Record llama.cpp's greedy generations on the synthetic qwen2/phi3 fixtures as committed goldens.
+"""Record llama.cpp's greedy generations on the synthetic qwen2/phi3/gpt-oss fixtures as committed goldens.
 
 For each family and quant mix of make_synthetic_family_gguf.py, the fixture is written, served by
 llama.cpp's llama-server (build 11434, CPU, 2 threads) once with its defaults (flash attention
@@ -11,8 +11,12 @@ synthetic-<family>-<quant>.fa-off.json, in the format of ../shared/goldens, plus
 (what the model saw: BOS + prompt_ids where the vocab adds BOS) and the fixture's
 `content_hash`, so the test knows it regenerated the very file llama.cpp read.
 
+gpt-oss (`gpt-oss` on the command line) has one mix, MXFP4_MOE: make_synthetic_gpt_oss_gguf.py
+rewrites the committed fixture tests/goldens/data/synthetic-gpt-oss-mxfp4_moe.gguf with
+llama-quantize (bit-identical on a rerun) and it is recorded as synthetic-gpt-oss-mxfp4_moe[.fa-off].json.
+
 Usage (needs llama.cpp built by ../shared/tools/build-llama-cpp.sh):
-    python tests/oracle/record_family_goldens.py [FAMILY ...]
+    python tests/oracle/record_family_goldens.py [FAMILY ...]   # qwen2 phi3 gpt-oss
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 from make_synthetic_family_gguf import QUANTS, SPECS, write  # noqa: E402
+from make_synthetic_gpt_oss_gguf import FIXTURE as GPT_OSS_FIXTURE  # noqa: E402
+from make_synthetic_gpt_oss_gguf import write_quantized as write_gpt_oss  # noqa: E402
 from record_llama_cpp_variant import LLAMA_SERVER, free_port  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "goldens" / "data"
@@ -99,22 +105,29 @@ def record_one(model: Path, args: list[str], content_hash: str, name: str) -> di
     }
 
 
+def record_variants(model: Path, content_hash: str, name: str) -> None:
+    for suffix, args in VARIANTS.items():
+        golden = record_one(model, args, content_hash, f"{name}.gguf")
+        (DATA / f"{name}{suffix}.json").write_text(json.dumps(golden, indent=1))
+        top1 = [s["logprob"] for g in golden["generations"] for s in g["steps"]]
+        gaps = [s["top"][0][1] - s["top"][1][1] for g in golden["generations"] for s in g["steps"]]
+        print(f"{name}{suffix}: mean top-1 logprob {sum(top1) / len(top1):.2f}, "
+              f"steps with gap < 0.25: {sum(g < 0.25 for g in gaps)}/{len(gaps)}", flush=True)
+
+
 def main(families: list[str]) -> None:
+    if "gpt-oss" in families:
+        # Quantized by llama-quantize and committed (make_synthetic_gpt_oss_gguf.py).
+        families = [f for f in families if f != "gpt-oss"]
+        record_variants(GPT_OSS_FIXTURE, write_gpt_oss(GPT_OSS_FIXTURE), GPT_OSS_FIXTURE.stem)
     with tempfile.TemporaryDirectory() as tmp:
         for family in families:
             for quant in QUANTS:
                 name = f"synthetic-{family}-{quant}"
                 model = Path(tmp) / f"{name}.gguf"
-                content_hash = write(family, quant, model)
-                for suffix, args in VARIANTS.items():
-                    golden = record_one(model, args, content_hash, f"{name}.gguf")
-                    (DATA / f"{name}{suffix}.json").write_text(json.dumps(golden, indent=1))
-                    top1 = [s["logprob"] for g in golden["generations"] for s in g["steps"]]
-                    gaps = [s["top"][0][1] - s["top"][1][1] for g in golden["generations"] for s in g["steps"]]
-                    print(f"{name}{suffix}: mean top-1 logprob {sum(top1) / len(top1):.2f}, "
-                          f"steps with gap < 0.25: {sum(g < 0.25 for g in gaps)}/{len(gaps)}", flush=True)
+                record_variants(model, write(family, quant, model), name)
                 model.unlink()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or sorted(SPECS))
+    main(sys.argv[1:] or [*sorted(SPECS), "gpt-oss"])
