@@ -21,6 +21,8 @@ from cupyserve.runtime.engine_args import EngineArgs
 from cupyserve.runtime.perplexity import evaluate_perplexity
 from cupyserve.runtime.sampling_params import SamplingParams
 
+from testdata import backend_under_test
+
 NEAR_TIE_NATS = 0.1
 NOISE_TIE_NATS = 1.0  # input perturbations of 3e-7..1e-6 flipped gaps up to 0.91
 MAX_MEAN_LOGPROB_ERROR = 0.1
@@ -34,7 +36,7 @@ MAX_CLEAR_DISAGREEMENT_GAP = NOISE_TIE_NATS  # a disagreement where llama.cpp wa
 
 @pytest.fixture(scope="module")
 def engine(gemma3_gguf):
-    return LLMEngine(EngineArgs(model=str(gemma3_gguf), device="cpu", max_num_seqs=8,
+    return LLMEngine(EngineArgs(model=str(gemma3_gguf), device=backend_under_test(), max_num_seqs=8,
                                 max_num_batched_tokens=512, kv_cache_memory=256 << 20,
                                 enable_prefix_caching=False))
 
