@@ -39,6 +39,13 @@ REASONING_CHANNEL = "analysis"
 FINAL_CHANNEL = "final"
 
 
+def make_parser(format_name: str) -> "HarmonyParser":
+    """A fresh parser for one sequence of the given format (as `reasoning_format` names it)."""
+    if format_name != HARMONY:
+        raise ValueError(f"unknown reasoning format {format_name!r}; known: {HARMONY}")
+    return HarmonyParser()
+
+
 def reasoning_format(chat_template: str | None, vocabulary: Iterable[str] = ()) -> str | None:
     """"harmony" when the template or the vocabulary has `<|channel|>`, else None."""
     if chat_template and CHANNEL in chat_template:
@@ -67,8 +74,8 @@ class HarmonyParser:
     control token, a channel name or a UTF-8 string), and returns what each field gained; `finish`
     releases text still held back. The sum of all deltas does not depend on how the text was
     split. Text that might be the start of a control token ("<|chan") is held back until it is
-    decided; at `finish` it is ordinary text of the current message. A message cut off in its
-    header (max_tokens) adds nothing.
+    decided; at `finish` it is ordinary text when inside a message body and dropped elsewhere
+    (there it can only be a cut-off control token). A message cut off in its header adds nothing.
     """
 
     def __init__(self) -> None:
@@ -96,7 +103,9 @@ class HarmonyParser:
 
     def finish(self) -> ReasoningDelta:
         held, self._held = self._held, ""
-        self._on_text(held)
+        if self._state == "body":
+            self._on_text(held)  # "a <" at the end of a message is text
+        # Elsewhere a held tail can only be a control token cut off by max_tokens: dropped.
         return self._take()
 
     # -- state machine --------------------------------------------------------------------------

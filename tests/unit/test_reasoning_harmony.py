@@ -22,6 +22,8 @@ CASES = {
                                    "Hmm.", ""),
     "cut inside a channel name": ("<|channel|>analysis<|message|>Hmm.<|end|><|start|>assistant<|channel|>fin",
                                   "Hmm.", ""),
+    "cut inside the first control token": ("<|chan", "", ""),
+    "cut inside the token after a message": ("<|channel|>analysis<|message|>a<|end|><|st", "a", ""),
     "final only": ("<|channel|>final<|message|>Just the answer.<|return|>", "", "Just the answer."),
     "no framing at all": ("Plain text, no harmony here.", "", "Plain text, no harmony here."),
     "commentary preamble is content": (
