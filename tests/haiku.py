@@ -9,6 +9,7 @@ waits for the clock and a sweep can cover many minutes.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import re
@@ -67,7 +68,7 @@ class HaikuResult:
     text: str
     finish_reason: str
     completion_tokens: int
-    counter_delta: float  # how far the server's generation-token counter moved
+    counter_delta: float | None = None  # how far the generation-token counter moved (if read)
 
     @property
     def has_words(self) -> bool:
@@ -87,20 +88,25 @@ def generation_counter(client: httpx.Client) -> float:
     raise AssertionError(f"/metrics has no {GENERATION_COUNTER}")
 
 
-def ask_haiku(client: httpx.Client, model: str, minute: int, max_tokens: int = 48,
-              temperature: float = 0.7) -> HaikuResult:
-    """One chat completion asking for the haiku of `minute` (seeded with the minute, so a run is
-    reproducible), with the generation counter read before and after."""
+def request_haiku(client: httpx.Client, model: str, minute: int, max_tokens: int = 48,
+                  temperature: float = 0.7) -> HaikuResult:
+    """One chat completion asking for the haiku of `minute`, seeded with the minute so that a run
+    is reproducible (and, the engine being batch-invariant, the same alone or among others)."""
     words = minute_in_words(minute)
-    before = generation_counter(client)
     response = client.post("/v1/chat/completions", json={
         "model": model, "messages": haiku_messages(words), "max_tokens": max_tokens,
         "temperature": temperature, "seed": minute})
     response.raise_for_status()
     body = response.json()
-    after = generation_counter(client)
     choice = body["choices"][0]
     return HaikuResult(minute=minute, words=words, text=choice["message"]["content"].strip(),
                        finish_reason=choice["finish_reason"],
-                       completion_tokens=body["usage"]["completion_tokens"],
-                       counter_delta=after - before)
+                       completion_tokens=body["usage"]["completion_tokens"])
+
+
+def ask_haiku(client: httpx.Client, model: str, minute: int, max_tokens: int = 48,
+              temperature: float = 0.7) -> HaikuResult:
+    """`request_haiku` alone on the server, with the generation counter read before and after."""
+    before = generation_counter(client)
+    result = request_haiku(client, model, minute, max_tokens, temperature)
+    return dataclasses.replace(result, counter_delta=generation_counter(client) - before)
