@@ -3,11 +3,12 @@
 different minutes (0, 3, 6, ..., 57 by default), with the same checks as
 tests/e2e/test_e2e_haiku.py: every reply has tokens, and the /metrics generation counter moves by
 the sum of the replies' usage.completion_tokens. The requests of one model run concurrently (one
-batch: a 2-core CPU that other jobs share needs minutes for 20 haiku one after another); each is
-seeded with its minute, so its haiku does not depend on the batch. Writes a JSON report (per
+batch: a 2-core CPU that other jobs share needs minutes for 20 haiku one after another), each
+seeded with its minute. On a shared machine set OPENBLAS_NUM_THREADS=1 (docs/benchmarks.md: two
+busy-waiting BLAS threads make each step many times slower there). Writes a JSON report (per
 model: pass count, every haiku) and prints a summary; docs/haiku.md records it.
 
-    python benchmarks/haiku_pass_rate.py --json benchmarks/results/haiku_pass_rate.json
+    OPENBLAS_NUM_THREADS=1 python benchmarks/haiku_pass_rate.py --json benchmarks/results/haiku_pass_rate.json
 """
 from __future__ import annotations
 

@@ -90,8 +90,9 @@ def generation_counter(client: httpx.Client) -> float:
 
 def request_haiku(client: httpx.Client, model: str, minute: int, max_tokens: int = 48,
                   temperature: float = 0.7) -> HaikuResult:
-    """One chat completion asking for the haiku of `minute`, seeded with the minute so that a run
-    is reproducible (and, the engine being batch-invariant, the same alone or among others)."""
+    """One chat completion asking for the haiku of `minute`, sampled with the minute as its seed.
+    (The sampled text can still differ between setups: BLAS thread counts change the low bits of
+    the logits, which a temperature-0.7 draw may notice.)"""
     words = minute_in_words(minute)
     response = client.post("/v1/chat/completions", json={
         "model": model, "messages": haiku_messages(words), "max_tokens": max_tokens,
