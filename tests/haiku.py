@@ -55,10 +55,23 @@ def contains_words(text: str, words: str) -> bool:
     return re.search(pattern, text.lower()) is not None
 
 
+def haiku_request_text(words: str) -> str:
+    return (f'Write a haiku (three short lines) about the time of day. It must contain the word '
+            f'"{words}". Reply with the haiku only.')
+
+
 def haiku_messages(words: str) -> list[dict]:
-    return [{"role": "user",
-             "content": f'Write a haiku (three short lines) about the time of day. It must contain '
-                        f'the word "{words}". Reply with the haiku only.'}]
+    return [{"role": "user", "content": haiku_request_text(words)}]
+
+
+def has_words_of_its_own(reply: str, words: str) -> bool:
+    """Whether the reply holds the words outside any echo of the request: a base model that
+    repeats the prompt (`...must contain the word "forty-two"...`) has not written them. The
+    request text and the quoted words are removed (ignoring case) before looking."""
+    text = reply.lower()
+    for echo in (haiku_request_text(words).lower(), f'"{words.lower()}"'):
+        text = text.replace(echo, " ")
+    return contains_words(text, words)
 
 
 @dataclass(frozen=True)
@@ -72,7 +85,7 @@ class HaikuResult:
 
     @property
     def has_words(self) -> bool:
-        return contains_words(self.text, self.words)
+        return has_words_of_its_own(self.text, self.words)
 
     def describe(self) -> str:
         verdict = "contains" if self.has_words else "MISSES"

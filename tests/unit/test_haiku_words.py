@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from haiku import MINUTE_ENV, contains_words, current_minute, minute_in_words
+from haiku import (MINUTE_ENV, HaikuResult, contains_words, current_minute, haiku_request_text,
+                   has_words_of_its_own, minute_in_words)
 
 
 @pytest.mark.parametrize("minute,words", [
@@ -52,3 +53,13 @@ def test_minute_is_injectable(monkeypatch):
         current_minute()
     monkeypatch.delenv(MINUTE_ENV)
     assert 0 <= current_minute() <= 59
+
+
+def test_an_echo_of_the_request_does_not_count():
+    echo = haiku_request_text("forty-two") + " model\nWrite a haiku"
+    assert contains_words(echo, "forty-two") and not has_words_of_its_own(echo, "forty-two")
+    assert not has_words_of_its_own('Leaves fall: "Forty-Two" they say', "forty-two")
+    assert has_words_of_its_own(echo + "\nforty-two geese fly south", "forty-two")
+    result = HaikuResult(minute=42, words="forty-two", text=echo, finish_reason="length",
+                         completion_tokens=48)
+    assert not result.has_words
