@@ -56,8 +56,9 @@ def contains_words(text: str, words: str) -> bool:
 
 
 def haiku_request_text(words: str) -> str:
-    return (f'Write a haiku (three short lines) about the time of day. It must contain the word '
-            f'"{words}". Reply with the haiku only.')
+    # No number words of its own ("three short lines" would hand minute 3 its word in any echo).
+    return (f'Write a haiku about the time of day. It must contain the word "{words}". '
+            f'Reply with the haiku only.')
 
 
 def haiku_messages(words: str) -> list[dict]:

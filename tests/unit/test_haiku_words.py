@@ -63,3 +63,10 @@ def test_an_echo_of_the_request_does_not_count():
     result = HaikuResult(minute=42, words="forty-two", text=echo, finish_reason="length",
                          completion_tokens=48)
     assert not result.has_words
+
+
+def test_the_request_names_no_minute_but_its_own():
+    for minute in range(60):
+        words = minute_in_words(minute)
+        text = haiku_request_text(words).replace(f'"{words}"', "")
+        assert not any(contains_words(text, minute_in_words(m)) for m in range(60)), minute
