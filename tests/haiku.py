@@ -68,9 +68,10 @@ def haiku_messages(words: str) -> list[dict]:
 def has_words_of_its_own(reply: str, words: str) -> bool:
     """Whether the reply holds the words outside any echo of the request: a base model that
     repeats the prompt (`...must contain the word "forty-two"...`) has not written them. The
-    request text and the quoted words are removed (ignoring case) before looking."""
+    request text and the words in quotes (a closing quote may be cut off by max_tokens) are
+    removed, ignoring case, before looking."""
     text = reply.lower()
-    for echo in (haiku_request_text(words).lower(), f'"{words.lower()}"'):
+    for echo in (haiku_request_text(words).lower(), f'"{words.lower()}"', f'"{words.lower()}'):
         text = text.replace(echo, " ")
     return contains_words(text, words)
 

@@ -59,6 +59,7 @@ def test_an_echo_of_the_request_does_not_count():
     echo = haiku_request_text("forty-two") + " model\nWrite a haiku"
     assert contains_words(echo, "forty-two") and not has_words_of_its_own(echo, "forty-two")
     assert not has_words_of_its_own('Leaves fall: "Forty-Two" they say', "forty-two")
+    assert not has_words_of_its_own('Write a haiku. It must contain the word "forty-two', "forty-two")
     assert has_words_of_its_own(echo + "\nforty-two geese fly south", "forty-two")
     result = HaikuResult(minute=42, words="forty-two", text=echo, finish_reason="length",
                          completion_tokens=48)
