@@ -29,6 +29,7 @@ from .kv_cache import DEFAULT_CPU_KV_BYTES, KVCache, bytes_per_block, plan_num_b
 from .log import ProgressBar, log_event
 from .metrics import engine_metrics
 from .model_runner import ModelRunner
+from .model_tokenizer import load_model_tokenizer
 from .models import load_model, resolve_model_config
 from .outputs import EngineError, StepOutput, TokenLogprob
 from .request_state import RequestState
@@ -37,7 +38,6 @@ from .sampling_params import SamplingParams
 from .scheduler import RequestTooLarge, Scheduler
 from .scheduler_config import SchedulerConfig
 from .sequence import Sequence
-from .tokenizer import Tokenizer
 
 
 CHECK_INTEGRITY_ENV = "CUPYSERVE_CHECK_INTEGRITY"
@@ -59,7 +59,8 @@ class LLMEngine:
         load_start = time.monotonic()
         self.gguf = GGUFFile.open(path)
         self._quant_kind = self._describe_quant_kind()
-        self.tokenizer = Tokenizer.from_gguf_metadata(self.gguf.metadata)
+        model_tokenizer = load_model_tokenizer(self.gguf, args.tokenizer_file)
+        self.tokenizer, self.tokenizer_source = model_tokenizer.tokenizer, model_tokenizer.source
         self.ops = get_ops(self.device)
         self._pause_fault_injection()
         self.config = resolve_model_config(self.gguf)[0]  # for the memory check; the model's below
@@ -453,6 +454,7 @@ class LLMEngine:
             "kv_blocks_free": free_blocks,
             "kv_block_size": self.args.block_size,
             "tokenizer_kind": self.tokenizer.kind,
+            "tokenizer_source": self.tokenizer_source,
             "vocab_size": self.config.vocab_size,
             "context_length": self.max_model_len,
             "num_requests_running": self.scheduler.num_running,

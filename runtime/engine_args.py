@@ -1,7 +1,9 @@
 """Everything needed to build an engine, validated when built (the CLI maps its flags onto this)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -23,6 +25,8 @@ class EngineArgs:
     seed: int = 0  # seeds requests that give no seed, so a server run is reproducible
     pull_if_missing: bool = True
     tensor_parallel_size: int = 1  # ranks (processes; GPUs on cuda) the model is split over
+    # A Hugging Face tokenizer.json (or a folder holding one) used instead of the GGUF's vocabulary.
+    tokenizer: str | None = None
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -44,3 +48,29 @@ class EngineArgs:
             raise ValueError(f"tensor_parallel_size must be an integer >= 1, got {self.tensor_parallel_size!r}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
+        if self.tokenizer is not None:
+            _check_tokenizer_file(self.tokenizer)
+
+    @property
+    def tokenizer_file(self) -> Path | None:
+        """The tokenizer.json to load (a folder argument resolved to the file in it), or None."""
+        if self.tokenizer is None:
+            return None
+        path = Path(self.tokenizer).expanduser()
+        return path / "tokenizer.json" if path.is_dir() else path
+
+
+def _check_tokenizer_file(value: str) -> None:
+    """Existence and readability only; whether the content is a usable tokenizer is decided when
+    the engine loads it (a broken file is a startup error naming the file)."""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        if not (path / "tokenizer.json").is_file():
+            raise ValueError(f"tokenizer folder {value} holds no tokenizer.json")
+        path = path / "tokenizer.json"
+    elif not path.exists():
+        raise ValueError(f"tokenizer file {value} does not exist")
+    elif not path.is_file():
+        raise ValueError(f"tokenizer path {value} is not a regular file")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"tokenizer file {path} is not readable")

@@ -13,6 +13,7 @@ from .token_budget import MAX_PROMPT_CHARS
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 MAX_TOP_LOGPROBS = 20
 MAX_MESSAGES = 1024
+REASONING_EFFORTS = ("low", "medium", "high")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class ChatRequest:
     logprobs: bool = False
     top_logprobs: int | None = None
     return_tokens_as_token_ids: bool = False
+    reasoning_effort: str | None = None  # passed to the chat template; None: the template's default
 
     def __post_init__(self) -> None:
         check_range(1 <= len(self.messages) <= MAX_MESSAGES, "messages",
@@ -57,6 +59,9 @@ class ChatRequest:
             check_range(0 <= self.top_logprobs <= MAX_TOP_LOGPROBS, "top_logprobs",
                         f"must be between 0 and {MAX_TOP_LOGPROBS}")
             check_range(self.logprobs, "top_logprobs", "requires 'logprobs' to be true")
+        check_range(self.reasoning_effort is None or self.reasoning_effort in REASONING_EFFORTS,
+                    "reasoning_effort", f"must be one of {', '.join(REASONING_EFFORTS)}, "
+                                        f"got {self.reasoning_effort!r}")
 
     @property
     def num_logprobs(self) -> int | None:
@@ -85,6 +90,7 @@ def parse_chat_request(body: Mapping[str, Any]) -> ChatRequest:
         logprobs=get_bool(body, "logprobs", False),
         top_logprobs=get_int(body, "top_logprobs", None),
         return_tokens_as_token_ids=get_bool(body, "return_tokens_as_token_ids", False),
+        reasoning_effort=get_str(body, "reasoning_effort", None),
     )
 
 

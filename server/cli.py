@@ -36,6 +36,10 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None,
                    help="catalog name (see configs/models.yaml) or path to a .gguf file; "
                         "default: the catalog's default model")
+    p.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="a Hugging Face tokenizer.json (or a folder holding one) to use instead of the "
+                        "vocabulary in the GGUF file; tokenizer_config.json beside it supplies BOS/EOS, "
+                        "add_bos and the chat template when present (default: the GGUF's tokenizer)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port to bind (default: 8000; 0 = any free)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -122,6 +126,7 @@ def engine_args_from(ns: argparse.Namespace):
         gpu_memory_limit=ns.gpu_memory_limit,
         enable_prefix_caching=not ns.no_prefix_caching, seed=ns.seed, pull_if_missing=not ns.no_pull,
         tensor_parallel_size=ns.tensor_parallel_size,
+        tokenizer=ns.tokenizer,
     )
     if ns.model is not None:
         fields["model"] = ns.model

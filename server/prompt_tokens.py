@@ -48,15 +48,19 @@ def _eos_text(tokenizer: Any) -> str:
     return text or ""
 
 
-def render_chat_messages(tokenizer: Any, messages: Sequence[ChatMessage]) -> str:
-    """The prompt text for `messages` from the model's chat template (or the default one)."""
+def render_chat_messages(tokenizer: Any, messages: Sequence[ChatMessage],
+                         reasoning_effort: str | None = None) -> str:
+    """The prompt text for `messages` from the model's chat template (or the default one).
+    `reasoning_effort` becomes the template variable of that name when given (harmony templates
+    write it into the system message; others ignore it)."""
     # Imported here: the template engine (Jinja) is only needed once a chat request arrives.
     from cupyserve.runtime.chat_template import DEFAULT_CHAT_TEMPLATE, ChatTemplateError, render_chat
 
     try:
         return render_chat(tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE,
                            [m.as_template_input() for m in messages], add_generation_prompt=True,
-                           bos_token=_bos_text(tokenizer), eos_token=_eos_text(tokenizer))
+                           bos_token=_bos_text(tokenizer), eos_token=_eos_text(tokenizer),
+                           **({"reasoning_effort": reasoning_effort} if reasoning_effort else {}))
     except ChatTemplateError as exc:
         raise invalid_request(f"chat template error: {exc}", param="messages") from None
 

@@ -1,5 +1,9 @@
 """POST /v1/chat/completions: messages through the model's chat template, then generation.
 
+For a model with a reasoning format (harmony: `ServerState.reasoning_format`), the generated text
+goes through `runtime.reasoning`'s parser: the message gets `reasoning_content` and `content`,
+stream deltas `delta.reasoning_content` and `delta.content`, as vLLM and llama.cpp return them.
+
 With `seed` s, choice j samples with seed s + j (mod 2**64). Without max_tokens /
 max_completion_tokens the budget is what fits in the context, capped at 2048.
 """
@@ -15,6 +19,7 @@ from starlette.responses import Response
 
 from cupyserve.runtime.log import log_event, prompts_enabled, request_id_var
 from cupyserve.runtime.outputs import StepOutput
+from cupyserve.runtime.reasoning import HarmonyParser, ReasoningDelta, make_parser
 
 from .chat_request import ChatRequest, parse_chat_request
 from .dispatch import (GenerationJob, distinct_prompt_tokens, respond_json, respond_stream,
@@ -35,6 +40,7 @@ class ChatContext:
     request: ChatRequest
     job: GenerationJob
     namer: TokenNamer
+    reasoning_format: str | None = None  # None: the generated text is the content, as it is
 
     def envelope(self, obj: str, choices: list[dict]) -> dict:
         return {"id": self.completion_id, "object": obj, "created": self.created,
@@ -54,7 +60,7 @@ async def create_chat_completion(request: Request) -> Response:
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     request_id_var.set(completion_id)
     tokenizer = state.engine.tokenizer
-    prompt_text = render_chat_messages(tokenizer, parsed.messages)
+    prompt_text = render_chat_messages(tokenizer, parsed.messages, parsed.reasoning_effort)
     prompt_ids = chat_prompt_ids(tokenizer, prompt_text)
     max_tokens = resolve_max_tokens(parsed.max_tokens, None, len(prompt_ids),
                                     state.engine.max_model_len, param=parsed.max_tokens_param,
@@ -71,7 +77,8 @@ async def create_chat_completion(request: Request) -> Response:
               prompt_tokens=len(prompt_ids), max_tokens=max_tokens,
               **({"prompt": prompt_text} if prompts_enabled() else {}))
     context = ChatContext(completion_id, int(time.time()), state.engine.model_name, parsed, job,
-                          TokenNamer(tokenizer, parsed.return_tokens_as_token_ids))
+                          TokenNamer(tokenizer, parsed.return_tokens_as_token_ids),
+                          state.reasoning_format)
     if parsed.stream:
         return await respond_stream(request, state, job, ChatStreamFormatter(context))
     return await respond_json(request, state, job, lambda results: build_response(context, results))
@@ -79,7 +86,7 @@ async def create_chat_completion(request: Request) -> Response:
 
 def build_response(context: ChatContext, results: Sequence[ChoiceResult]) -> dict:
     choices = [{"index": spec.index,
-                "message": {"role": "assistant", "content": result.text},
+                "message": _message(context, result.text),
                 "logprobs": context.logprobs_for(result.logprobs),
                 "finish_reason": result.finish_reason, "stop_reason": result.stop_reason}
                for spec, result in zip(context.job.choices, results)]
@@ -89,15 +96,38 @@ def build_response(context: ChatContext, results: Sequence[ChoiceResult]) -> dic
     return body
 
 
+def _message(context: ChatContext, text: str) -> dict:
+    if context.reasoning_format is None:
+        return {"role": "assistant", "content": text}
+    parser = make_parser(context.reasoning_format)
+    parts = parser.feed(text) + parser.finish()
+    return {"role": "assistant", "content": parts.content, "reasoning_content": parts.reasoning or None}
+
+
 @dataclass
 class ChatStreamFormatter:
-    """First chunk of each choice: `delta: {role, content: ""}`; then content deltas; the last
-    carries `finish_reason`."""
+    """First chunk of each choice: `delta: {role, content: ""}`; then content (and, with a
+    reasoning format, reasoning_content) deltas; the last carries `finish_reason`."""
 
     context: ChatContext
     started: set[int] = field(default_factory=set)
     generated: dict[int, int] = field(default_factory=dict)
     counted: dict[int, int] = field(default_factory=dict)
+    parsers: dict[int, HarmonyParser] = field(default_factory=dict)  # choice index -> reasoning parser
+
+    def _delta(self, index: int, output: StepOutput) -> dict:
+        if self.context.reasoning_format is None:
+            return {"content": output.text} if output.text or output.logprobs else {}
+        if index not in self.parsers:
+            self.parsers[index] = make_parser(self.context.reasoning_format)
+        parser = self.parsers[index]
+        parts: ReasoningDelta = parser.feed(output.text)
+        if output.is_finished:
+            parts += parser.finish()
+        delta = {"reasoning_content": parts.reasoning} if parts.reasoning else {}
+        if parts.content or (output.logprobs and not delta):
+            delta["content"] = parts.content
+        return delta
 
     def _chunk(self, choice: dict) -> dict:
         chunk = self.context.envelope("chat.completion.chunk", [choice])
@@ -113,8 +143,8 @@ class ChatStreamFormatter:
                                        "logprobs": None, "finish_reason": None}))
         self.counted[index] = self.counted.get(index, 0) + len(output.token_ids)
         self.generated[index] = generated_tokens(output, self.counted[index])
-        if output.text or output.logprobs or output.is_finished:
-            delta = {"content": output.text} if output.text or output.logprobs else {}
+        delta = self._delta(index, output)
+        if delta or output.logprobs or output.is_finished:
             chunks.append(self._chunk({
                 "index": index, "delta": delta,
                 "logprobs": self.context.logprobs_for(output.logprobs) if output.logprobs else None,

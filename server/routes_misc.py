@@ -56,6 +56,7 @@ async def health(request: Request) -> Response:
     else:
         status = "ok"
     body = {"status": status, "model": state.engine.model_name,
+            "reasoning_format": state.reasoning_format,
             "uptime_seconds": round(state.uptime_seconds, 3)}
     # The engine's fields first, ours last: `status` must reflect admission as the server sees it.
     body = {**engine_health, **body}

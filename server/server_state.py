@@ -11,6 +11,7 @@ from collections import OrderedDict
 from typing import Iterable
 
 from cupyserve.runtime.engine_protocol import EngineClient
+from cupyserve.runtime.reasoning import reasoning_format
 
 from .errors import model_not_found, unavailable
 
@@ -21,6 +22,7 @@ class ServerState:
     def __init__(self, engine: EngineClient, model_aliases: Iterable[str] = ()) -> None:
         self.engine = engine
         self.served_names = tuple(dict.fromkeys([engine.model_name, *model_aliases]))
+        self.reasoning_format = model_reasoning_format(engine.tokenizer)
         self.created = int(time.time())
         self._started = time.monotonic()
         self._draining = False
@@ -88,3 +90,10 @@ class ServerState:
     def abort_all(self) -> None:
         for completion_id in list(self._active):
             self.cancel(completion_id)
+
+
+def model_reasoning_format(tokenizer) -> str | None:
+    """How this model's chat output splits into reasoning and content (runtime.reasoning's rule
+    over its chat template and vocabulary); None: all of it is content."""
+    vocab = getattr(tokenizer, "vocab", None)  # absent on tokenizers without a token list
+    return reasoning_format(getattr(tokenizer, "chat_template", None), getattr(vocab, "tokens", ()))
