@@ -23,7 +23,8 @@ __global__ void gemv_float(const u8* __restrict__ weight, i64 row_bytes, int num
     float acc[NUM_TOKENS];
 #pragma unroll
     for (int t = 0; t < NUM_TOKENS; ++t) acc[t] = 0.0f;
-    for (int chunk = lane; chunk < num_chunks; chunk += 32) {
+#pragma unroll 2
+    for (int chunk = lane; chunk < num_chunks; chunk += 32) {  // unrolled: two chunks' loads in flight
         float w[32];
         dequant_chunk32<TYPE>(weight_row, chunk, w);
 #pragma unroll

@@ -71,7 +71,8 @@ __global__ void gemv_int8(const u8* __restrict__ weight, i64 row_bytes, int num_
     float acc[NUM_TOKENS];
 #pragma unroll
     for (int t = 0; t < NUM_TOKENS; ++t) acc[t] = 0.0f;
-    for (int b = lane >> 2; b < num_blocks; b += 8) {
+#pragma unroll 4
+    for (int b = lane >> 2; b < num_blocks; b += 8) {  // unrolled: several blocks' loads in flight
         const u8* block = weight_row + b * BlockShape<TYPE>::bytes;
 #pragma unroll
         for (int t = 0; t < NUM_TOKENS; ++t) {

@@ -6,7 +6,7 @@
 // then the CTA rescales its running output and adds the tile's weighted values, a thread per
 // output feature. Correctness first: splitting long decode contexts across CTAs and sharing
 // K/V loads among the heads of a group are the next optimizations.
-#include "common.cuh"
+#include "attention_common.cuh"
 
 #define MAX_HEAD_DIM 256
 #define KEY_TILE 128
@@ -62,18 +62,9 @@ __global__ void paged_attention(const float* __restrict__ q, const u16* __restri
         const int key = tile + tid;
         float score = neg_infinity();
         if (key <= query_pos) {
-            const i64 slot = (i64)table[key / block_size] * block_size + key % block_size;
-            const i64 offset = slot * token_stride + (i64)kv_head * head_dim;
+            const i64 offset = key_offset(table, key, block_size, token_stride, kv_head, head_dim);
             key_offsets[tid] = offset;
-            const u32* k_row = reinterpret_cast<const u32*>(k_cache + offset);  // head_dim is even
-            float dot = 0.0f;
-            for (int d2 = 0; d2 < head_dim / 2; ++d2) {
-                const u32 pair = k_row[d2];
-                dot += q_shared[2 * d2] * half_to_float((u16)(pair & 0xFFFF)) +
-                       q_shared[2 * d2 + 1] * half_to_float((u16)(pair >> 16));
-            }
-            score = dot * scale;
-            if (softcap > 0.0f) score = softcap * tanhf(score / softcap);
+            score = key_score(q_shared, k_cache, offset, head_dim, scale, softcap);
         }
         const float tile_max = block_max(score, scratch);
         const float new_max = fmaxf(running_max, tile_max);
@@ -88,6 +79,7 @@ __global__ void paged_attention(const float* __restrict__ q, const u16* __restri
             const int d = tid + i * KEY_TILE;
             if (d >= head_dim) continue;
             float sum = acc[i] * correction;
+#pragma unroll 8
             for (int j = 0; j < keys_in_tile; ++j) sum += weights[j] * half_to_float(v_cache[key_offsets[j] + d]);
             acc[i] = sum;
         }

@@ -8,7 +8,7 @@
 // key); then the 4 warps share the tile's keys for the weighted value sum (warp w takes keys
 // w, w+4, ...; lane l owns features l, l+32, ...), so every value row is one coalesced load and
 // the per-key loop is 4x shorter than one thread walking all keys.
-#include "common.cuh"
+#include "attention_common.cuh"
 
 #define MAX_HEAD_DIM 256
 #define KEY_TILE 128
@@ -58,18 +58,9 @@ __global__ void attention_decode_split(const float* __restrict__ q, const u16* _
         const int key = tile + tid;
         float score = neg_infinity();
         if (key < end) {
-            const i64 slot = (i64)table[key / block_size] * block_size + key % block_size;
-            const i64 offset = slot * token_stride + (i64)kv_head * head_dim;
+            const i64 offset = key_offset(table, key, block_size, token_stride, kv_head, head_dim);
             key_offsets[tid] = offset;
-            const u32* k_row = reinterpret_cast<const u32*>(k_cache + offset);  // head_dim is even
-            float dot = 0.0f;
-            for (int d2 = 0; d2 < head_dim / 2; ++d2) {
-                const u32 pair = k_row[d2];
-                dot += q_shared[2 * d2] * half_to_float((u16)(pair & 0xFFFF)) +
-                       q_shared[2 * d2 + 1] * half_to_float((u16)(pair >> 16));
-            }
-            score = dot * scale;
-            if (softcap > 0.0f) score = softcap * tanhf(score / softcap);
+            score = key_score(q_shared, k_cache, offset, head_dim, scale, softcap);
         }
         const float tile_max = block_max(score, scratch);
         const float new_max = fmaxf(running_max, tile_max);
@@ -81,7 +72,8 @@ __global__ void attention_decode_split(const float* __restrict__ q, const u16* _
         const int keys_in_tile = min(KEY_TILE, end - tile);
 #pragma unroll
         for (int i = 0; i < FEATURES_PER_LANE; ++i) acc[i] *= correction;
-        for (int j = warp; j < keys_in_tile; j += NUM_WARPS) {
+#pragma unroll 4
+        for (int j = warp; j < keys_in_tile; j += NUM_WARPS) {  // unrolled: value loads in flight together
             const float w = weights[j];
             const u16* v_row = v_cache + key_offsets[j];
 #pragma unroll
