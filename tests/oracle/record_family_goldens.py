@@ -1,4 +1,4 @@
-"""Record llama.cpp's greedy generations on the synthetic qwen2/phi3 fixtures as committed goldens.
+"""Record llama.cpp's greedy generations on the synthetic qwen2/phi3/gpt2 fixtures as committed goldens.
 
 For each family and quant mix of make_synthetic_family_gguf.py, the fixture is written, served by
 llama.cpp's llama-server (build 11434, CPU, 2 threads) once with its defaults (flash attention
@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from make_synthetic_family_gguf import QUANTS, SPECS, write  # noqa: E402
+from make_synthetic_family_gguf import FAMILIES, quants_of, write  # noqa: E402
 from record_llama_cpp_variant import LLAMA_SERVER, free_port  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1] / "goldens" / "data"
@@ -102,7 +102,7 @@ def record_one(model: Path, args: list[str], content_hash: str, name: str) -> di
 def main(families: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for family in families:
-            for quant in QUANTS:
+            for quant in quants_of(family):
                 name = f"synthetic-{family}-{quant}"
                 model = Path(tmp) / f"{name}.gguf"
                 content_hash = write(family, quant, model)
@@ -117,4 +117,4 @@ def main(families: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or sorted(SPECS))
+    main(sys.argv[1:] or list(FAMILIES))
