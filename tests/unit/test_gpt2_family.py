@@ -1,7 +1,8 @@
 """gpt2 family without a real model: the YAML resolves a small GPT-2-layout GGUF (no rope, no
 head_count_kv key), the tensors load with their biases and a tied output, a missing bias or a
 misshaped position table fails with its name, an unknown architecture lists gpt2, and the forward
-pass equals a plain float64 GPT-2 written here from the architecture's definition."""
+pass equals a plain float64 GPT-2 written here from the architecture's definition, and the gpt-2
+vocabulary adds no BOS unless the file asks for one (llama.cpp's rule)."""
 from __future__ import annotations
 
 import math
@@ -14,8 +15,11 @@ from gguf import GGUFWriter
 from cupyserve.kernels.batch import AttentionBatch
 from cupyserve.kernels.cpu_ops import CpuOps
 from cupyserve.runtime.gguf_loader import GGUFFile
+from cupyserve.runtime.gguf_metadata import read_metadata
 from cupyserve.runtime.models import load_model, resolve_model_config, supported_architectures
 from cupyserve.runtime.models.family import family_for_architecture
+from cupyserve.runtime.tokenizer import Tokenizer
+from testdata import shared_dir
 
 HIDDEN, FFN, HEADS, VOCAB, CONTEXT, LAYERS, EPS = 64, 256, 4, 40, 32, 2, 1e-5
 HEAD_DIM = HIDDEN // HEADS
@@ -178,6 +182,17 @@ def test_unknown_architecture_lists_gpt2():
     assert family_for_architecture("gpt2").module == "gpt2"
     with pytest.raises(ValueError, match=r"unsupported model architecture 'gpt-j'.*gpt2"):
         family_for_architecture("gpt-j")
+
+
+def test_gpt2_vocab_adds_no_bos_unless_the_file_asks():
+    metadata = read_metadata(str(shared_dir() / "vocab" / "ggml-vocab-gpt-2.gguf"))
+    tokenizer = Tokenizer.from_gguf_metadata(metadata)
+    endoftext = metadata["tokenizer.ggml.tokens"].index("<|endoftext|>")
+    assert (tokenizer.bos_id, tokenizer.add_bos) == (endoftext, False)
+    assert endoftext in tokenizer.eos_ids
+    assert tokenizer.encode("Hello world") == tokenizer.encode("Hello world", add_special_tokens=False)
+    asks = Tokenizer.from_gguf_metadata({**metadata, "tokenizer.ggml.add_bos_token": True})
+    assert asks.encode("Hello world") == [endoftext, *tokenizer.encode("Hello world")]
 
 
 def _written(tmp_path: Path) -> Path:
