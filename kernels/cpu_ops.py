@@ -27,6 +27,7 @@ class CpuOps(FaultInjection):
     add_rms_norm = staticmethod(norm.add_rms_norm)
     head_rms_norm = staticmethod(norm.head_rms_norm)
     layer_norm = staticmethod(norm.layer_norm)
+    add_layer_norm = staticmethod(norm.add_layer_norm)
     rope_cos_sin = staticmethod(rope.rope_cos_sin)
     apply_rope = staticmethod(rope.apply_rope)
     swiglu = staticmethod(activation.swiglu)

@@ -29,15 +29,27 @@ __global__ void rms_norm(const float* __restrict__ x, i64 x_stride, const float*
     }
 }
 
-//   x: [num_rows, hidden] float32;  weight, bias: [hidden] float32 (bias may be null)
-//   out: [num_rows, hidden] float32
-__global__ void layer_norm(const float* __restrict__ x, const float* __restrict__ weight,
-                           const float* __restrict__ bias, int hidden, float eps, float* __restrict__ out) {
+//   x:        [num_rows, hidden] float32
+//   residual: [num_rows, hidden] float32 or null; when given, x + residual is normalized and
+//             written to summed_out [num_rows, hidden] (GPT-2's pre-norm residual stream)
+//   weight, bias: [hidden] float32 (bias may be null);  out: [num_rows, hidden] float32
+__global__ void layer_norm(const float* __restrict__ x, const float* __restrict__ residual,
+                           const float* __restrict__ weight, const float* __restrict__ bias, int hidden,
+                           float eps, float* __restrict__ out, float* __restrict__ summed_out) {
     __shared__ float scratch[32];
-    const float* src = x + (i64)blockIdx.x * hidden;
-    float* dst = out + (i64)blockIdx.x * hidden;
+    const i64 row_start = (i64)blockIdx.x * hidden;
+    // With a residual, each thread re-reads only the sums it wrote itself: no barrier needed.
+    const float* src = residual ? summed_out + row_start : x + row_start;
+    float* dst = out + row_start;
     float sum = 0.0f;
-    for (int i = threadIdx.x; i < hidden; i += blockDim.x) sum += src[i];
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+        float v = x[row_start + i];
+        if (residual) {
+            v += residual[row_start + i];
+            summed_out[row_start + i] = v;
+        }
+        sum += v;
+    }
     const float mean = block_sum(sum, scratch) / (float)hidden;
     float sum_sq = 0.0f;
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) {

@@ -1,4 +1,5 @@
-"""RMSNorm (plain, fused with the residual add, per head) and LayerNorm launchers."""
+"""RMSNorm (plain, fused with the residual add, per head) and LayerNorm (plain or fused with the
+residual add) launchers."""
 from __future__ import annotations
 
 import cupy
@@ -65,5 +66,24 @@ def layer_norm(
     out = cupy.empty((num_tokens, hidden), dtype=np.float32)
     if num_tokens:
         launch("norm.cu", "layer_norm", (num_tokens,), (_threads(hidden),),
-               (x, contiguous_f32(weight), optional(bias), np.int32(hidden), np.float32(eps), out))
+               (x, np.uint64(0), contiguous_f32(weight), optional(bias), np.int32(hidden),
+                np.float32(eps), out, np.uint64(0)))
     return out
+
+
+def add_layer_norm(
+    x: cupy.ndarray,  # [num_tokens, hidden] float32: the new branch output
+    residual: cupy.ndarray,  # [num_tokens, hidden] float32: the running residual stream
+    weight: cupy.ndarray,  # [hidden] float32
+    bias: cupy.ndarray | None,  # [hidden] float32
+    eps: float,
+) -> tuple[cupy.ndarray, cupy.ndarray]:  # (normed, x + residual), each [num_tokens, hidden]
+    x = contiguous_f32(x)
+    num_tokens, hidden = x.shape
+    out = cupy.empty((num_tokens, hidden), dtype=np.float32)
+    summed = cupy.empty((num_tokens, hidden), dtype=np.float32)
+    if num_tokens:
+        launch("norm.cu", "layer_norm", (num_tokens,), (_threads(hidden),),
+               (x, contiguous_f32(residual), contiguous_f32(weight), optional(bias), np.int32(hidden),
+                np.float32(eps), out, summed))
+    return out, summed

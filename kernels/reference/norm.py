@@ -46,3 +46,15 @@ def layer_norm(
     var = (centered * centered).mean(axis=-1, keepdims=True, dtype=np.float32)
     out = centered / np.sqrt(var + np.float32(eps)) * weight
     return out + bias if bias is not None else out
+
+
+def add_layer_norm(
+    x: np.ndarray,  # [num_tokens, hidden] float32: the new branch output
+    residual: np.ndarray,  # [num_tokens, hidden] float32: the running residual stream
+    weight: np.ndarray,  # [hidden] float32
+    bias: np.ndarray | None,  # [hidden] float32
+    eps: float,
+) -> tuple[np.ndarray, np.ndarray]:  # (normed [num_tokens, hidden], new residual [num_tokens, hidden])
+    """Fused residual add + LayerNorm: returns (layer_norm(x + residual), x + residual)."""
+    summed = x + residual
+    return layer_norm(summed, weight, bias, eps), summed

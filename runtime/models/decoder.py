@@ -1,9 +1,13 @@
 """A decoder-only transformer driven by a family's switches, on any backend's op set.
 
-Families that need more than switches (gemma's scaled embeddings, extra norms, ...) subclass
-`DecoderModel` and override the small hooks (`embed`, `attention_block`, `qk_transform`,
-`attention_options`, `layer_rope`, `rope_scaling_options`, `ffn_block`, `load_ffn`);
-`LayerWeights.index` says which layer a hook runs for.
+Families that need more than switches (gemma's scaled embeddings, extra norms, gpt2's learned
+positions, ...) subclass `DecoderModel` and override the small hooks (`embed`, `input_embeddings`,
+`attention_block`, `qk_transform`, `attention_options`, `layer_rope`, `rope_scaling_options`,
+`ffn_block`, `load_ffn`); `LayerWeights.index` says which layer a hook runs for.
+
+The `norm` switch picks RMSNorm or LayerNorm (with the `*_norm_bias` vectors when the family has
+them); rope_style `none` skips the rotation (learned positions); `attn_output_bias`,
+`ffn_up_bias` and `ffn_down_bias` are added when present.
 """
 from __future__ import annotations
 
@@ -35,6 +39,9 @@ class DecoderModel:
         names = {s.role: s.name for s in family.global_tensors}
         self.token_embd = loader.matrix([names["token_embd"]])
         self.output_norm = loader.vector(names["output_norm"])
+        output_norm_bias_name = names.get("output_norm_bias")
+        self.output_norm_bias = (loader.vector(output_norm_bias_name)
+                                 if output_norm_bias_name and loader.has(output_norm_bias_name) else None)
         output_name = names.get("output")
         self.is_output_tied = not (output_name and loader.has(output_name))
         self.output = self.token_embd if self.is_output_tied else loader.matrix([output_name])
@@ -83,21 +90,22 @@ class DecoderModel:
         logits_indices: Any,  # [num_logits] int: rows of the batch whose logits are wanted
     ) -> Any:  # [num_logits, vocab_size] float32 on the device
         ops = self.ops
-        hidden = self.embed(token_ids)
+        hidden = self.input_embeddings(token_ids, batch.positions)
         rope_tables = self.rope_tables(batch.positions)
         residual = None
         for index, layer in enumerate(self.layers):
             cos, sin = rope_tables[index]
             if residual is None:
                 residual = hidden
-                normed = self.norm(hidden, layer["attn_norm"])
+                normed = self.norm(hidden, layer["attn_norm"], layer.get("attn_norm_bias"))
             else:
-                normed, residual = self.add_norm(hidden, residual, layer["attn_norm"])
+                normed, residual = self.add_norm(hidden, residual, layer["attn_norm"],
+                                                 layer.get("attn_norm_bias"))
             hidden = self.attention_block(layer, normed, cos, sin, batch, kv_caches[index])
-            normed, residual = self.add_norm(hidden, residual, layer["ffn_norm"])
+            normed, residual = self.add_norm(hidden, residual, layer["ffn_norm"], layer.get("ffn_norm_bias"))
             hidden = self.ffn_block(layer, normed, batch.generated_rows)
         hidden = hidden[logits_indices] + residual[logits_indices]
-        logits = ops.linear(self.norm(hidden, self.output_norm), self.output,
+        logits = ops.linear(self.norm(hidden, self.output_norm, self.output_norm_bias), self.output,
                             generated_rows=batch.logits_generated_rows)
         return logits if self.shard is None else self.shard.gather_vocab(logits)
 
@@ -109,7 +117,10 @@ class DecoderModel:
         self,
         positions: Any,  # [num_tokens] int on the device
     ) -> list[tuple[Any, Any]]:  # per layer (cos, sin), each [num_tokens, rope_dim // 2] float32
-        """One cos/sin table per distinct `layer_rope` value, shared by the layers that use it."""
+        """One cos/sin table per distinct `layer_rope` value, shared by the layers that use it;
+        (None, None) per layer when the family has no rope."""
+        if self.config.rope_style == "none":
+            return [(None, None)] * self.config.num_layers
         by_params: dict[tuple[float, float], tuple[Any, Any]] = {}
         tables = []
         for index in range(self.config.num_layers):
@@ -135,10 +146,46 @@ class DecoderModel:
     def reduce_partial(self, x: Any) -> Any:  # [num_tokens, hidden]: a row-parallel matmul's term
         return x if self.shard is None else self.shard.reduce_partial(x)
 
-    def norm(self, x: Any, weight: Any) -> Any:
+    def row_parallel_linear(
+        self,
+        x: Any,  # [num_tokens, in_features] float32
+        weight: Any,  # [hidden, in_features]: a row-parallel shard under tensor parallelism
+        bias: Any,  # [hidden] float32 or None
+        rows: Any,  # generated_rows, as for ops.linear
+    ) -> Any:  # [num_tokens, hidden] float32
+        """x @ W.T + bias for o / down projections: a shard's partial sums are reduced first and
+        the bias is added once, after the reduction."""
+        out = self.reduce_partial(self.ops.linear(x, weight, bias if self.shard is None else None,
+                                                  generated_rows=rows))
+        return out if bias is None or self.shard is None else out + bias
+
+    def input_embeddings(
+        self,
+        token_ids: Any,  # [num_tokens] int32 on the device
+        positions: Any,  # [num_tokens] int32 on the device
+    ) -> Any:  # [num_tokens, hidden] float32: what the first layer reads
+        """The token embeddings; families with learned positions add them here."""
+        return self.embed(token_ids)
+
+    def norm(
+        self,
+        x: Any,  # [num_tokens, hidden] float32
+        weight: Any,  # [hidden] float32
+        bias: Any = None,  # [hidden] float32 (LayerNorm only)
+    ) -> Any:  # [num_tokens, hidden] float32
+        if self.config.norm == "layer":
+            return self.ops.layer_norm(x, weight, bias, self.config.norm_eps)
         return self.ops.rms_norm(x, weight, self.config.norm_eps)
 
-    def add_norm(self, x: Any, residual: Any, weight: Any) -> tuple[Any, Any]:
+    def add_norm(
+        self,
+        x: Any,  # [num_tokens, hidden] float32: the new branch output
+        residual: Any,  # [num_tokens, hidden] float32
+        weight: Any,  # [hidden] float32
+        bias: Any = None,  # [hidden] float32 (LayerNorm only)
+    ) -> tuple[Any, Any]:  # (normed, x + residual), each [num_tokens, hidden] float32
+        if self.config.norm == "layer":
+            return self.ops.add_layer_norm(x, residual, weight, bias, self.config.norm_eps)
         return self.ops.add_rms_norm(x, residual, weight, self.config.norm_eps)
 
     def attention_block(self, layer: LayerWeights, x: Any, cos: Any, sin: Any,
@@ -155,14 +202,13 @@ class DecoderModel:
         ops.write_kv(k_cache, v_cache, k, v, batch.slot_mapping)
         attended = ops.paged_attention(q, k_cache, v_cache, batch, cfg.attention_scale,
                                        **self.attention_options(layer))
-        bias = layer.get("attn_output_bias")
-        # A row-parallel shard's partial sums are reduced first; its bias must be added once.
-        out = self.reduce_partial(ops.linear(attended.reshape(num_tokens, cfg.q_size), layer["attn_output"],
-                                             bias if self.shard is None else None, generated_rows=rows))
-        return out if bias is None or self.shard is None else out + bias
+        return self.row_parallel_linear(attended.reshape(num_tokens, cfg.q_size), layer["attn_output"],
+                                        layer.get("attn_output_bias"), rows)
 
     def qk_transform(self, layer: LayerWeights, q: Any, k: Any, cos: Any, sin: Any) -> tuple[Any, Any]:
         style = self.config.rope_style
+        if style == "none":
+            return q, k
         return self.ops.apply_rope(q, cos, sin, style), self.ops.apply_rope(k, cos, sin, style)
 
     def attention_options(self, layer: LayerWeights) -> dict[str, Any]:
@@ -173,7 +219,7 @@ class DecoderModel:
         if self.config.activation in ("swiglu", "geglu"):
             gate_up = ops.linear(x, layer["ffn_gate_up"], generated_rows=rows)
             gated = ops.swiglu(gate_up) if self.config.activation == "swiglu" else ops.geglu(gate_up)
-            return self.reduce_partial(ops.linear(gated, layer["ffn_down"], generated_rows=rows))
-        up = ops.linear(x, layer["ffn_up"], generated_rows=rows)
-        return self.reduce_partial(ops.linear(ops.gelu(up), layer["ffn_down"], generated_rows=rows))
+            return self.row_parallel_linear(gated, layer["ffn_down"], layer.get("ffn_down_bias"), rows)
+        up = ops.linear(x, layer["ffn_up"], layer.get("ffn_up_bias"), generated_rows=rows)
+        return self.row_parallel_linear(ops.gelu(up), layer["ffn_down"], layer.get("ffn_down_bias"), rows)
 

@@ -1,10 +1,10 @@
-"""qwen2, phi3 and gpt-oss on the NumPy backend vs llama.cpp, on small synthetic GGUFs of each family.
+"""qwen2, phi3, gpt2 and gpt-oss vs llama.cpp, on small synthetic GGUFs of each family.
 
-No Qwen2.5 / Phi-3 weights are available here, so tests/oracle/make_synthetic_family_gguf.py
+No Qwen2.5 / Phi-3 / GPT-2 GGUFs are available here, so tests/oracle/make_synthetic_family_gguf.py
 writes few-layer models with each family's exact tensor layout, real tokenizer metadata and
-random weights (mixes f16, q4_0, q4_k_m); gpt-oss has one MXFP4_MOE file made by llama-quantize
-from tests/oracle/make_synthetic_gpt_oss_gguf.py and committed (1.7 MB), with a synthetic
-gpt-4o vocabulary. tests/oracle/record_family_goldens.py recorded
+random weights (mixes f16, q4_0, q4_k_m; gpt2: f16, q8_0); gpt-oss has one MXFP4_MOE file made
+by llama-quantize from tests/oracle/make_synthetic_gpt_oss_gguf.py and committed (1.7 MB), with a
+synthetic gpt-4o vocabulary. tests/oracle/record_family_goldens.py recorded
 llama.cpp's greedy generations on them (16 steps, top-5 logprobs; flash attention on and off).
 This test regenerates the very files (same seed; `content_hash` checked against the goldens) and
 compares under the rules of docs/fidelity.md, on the NumPy backend and, where a GPU is found,
@@ -30,11 +30,11 @@ from llama_cpp_references import README_NEAR_TIE_NATS, compare_generation, gap, 
 from testdata import require_gpu
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "oracle"))
-from make_synthetic_family_gguf import VOCAB_DIR, content_hash, write  # noqa: E402
+from make_synthetic_family_gguf import VOCAB_DIR, content_hash, quants_of, write  # noqa: E402
 from make_synthetic_gpt_oss_gguf import FIXTURE as GPT_OSS_FIXTURE  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
-CASES = [(f, q, d) for d in ("cpu", "cuda") for f in ("qwen2", "phi3") for q in ("f16", "q4_0", "q4_k_m")]
+CASES = [(f, q, d) for d in ("cpu", "cuda") for f in ("qwen2", "phi3", "gpt2") for q in quants_of(f)]
 CASES += [("gpt-oss", "mxfp4_moe", d) for d in ("cpu", "cuda")]
 MAX_MEAN_LOGPROB_ERROR = 0.1
 FAR_FROM_TIE_NATS = 0.5  # or twice llama.cpp's own noise, where that is larger (qwen2 q4_k_m: 0.59)

@@ -51,6 +51,21 @@ def test_layer_norm(cuda_ops, with_bias):
     assert rel_error(_host(actual), norm.layer_norm(x, weight, bias, 1e-5)) < FLOAT32_TOLERANCE
 
 
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("num_tokens,hidden", [(1, 768), (9, 256), (130, 1600), (2, 33)])
+def test_add_layer_norm(cuda_ops, with_bias, num_tokens, hidden):
+    rng = np.random.default_rng(num_tokens + hidden)
+    x = rng.standard_normal((num_tokens, hidden), dtype=np.float32) * 3
+    residual = rng.standard_normal((num_tokens, hidden), dtype=np.float32) + 1.0
+    weight = rng.standard_normal(hidden, dtype=np.float32)
+    bias = rng.standard_normal(hidden, dtype=np.float32) if with_bias else None
+    normed, summed = cuda_ops.add_layer_norm(_dev(x), _dev(residual), _dev(weight),
+                                             None if bias is None else _dev(bias), 1e-5)
+    ref_normed, ref_summed = norm.add_layer_norm(x, residual, weight, bias, 1e-5)
+    np.testing.assert_array_equal(_host(summed), ref_summed)
+    assert rel_error(_host(normed), ref_normed) < FLOAT32_TOLERANCE
+
+
 @pytest.mark.parametrize("style", ["normal", "neox"])
 @pytest.mark.parametrize("num_tokens,num_heads,head_dim,rope_dim", [(1, 9, 64, 64), (37, 4, 128, 64), (5, 2, 256, 256)])
 def test_rope(cuda_ops, style, num_tokens, num_heads, head_dim, rope_dim):

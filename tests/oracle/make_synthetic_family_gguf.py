@@ -1,4 +1,4 @@
-"""Small synthetic GGUFs of the qwen2 and phi3 families, for checking them against llama.cpp.
+"""Small synthetic GGUFs of the qwen2, phi3 and gpt2 families, for checking them against llama.cpp.
 
 No Qwen2.5 or Phi-3 weights can be downloaded here, so each fixture is a few-layer model of the
 family's exact layout (qwen2: separate Q/K/V with biases, tied output; phi3: fused attn_qkv,
@@ -15,6 +15,9 @@ numpy Generator, so the test regenerates the very file the oracle recorded (chec
 
 The output norm is scaled (`logit_gain`) so the next-token distribution is far from uniform:
 llama.cpp's top-1 probability is mostly well above 0.3, and greedy steps are rarely near ties.
+
+gpt2 (learned positions, LayerNorm, biases everywhere; mixes `f16` and `q8_0`) is written by
+synthetic_gpt2.py beside this file.
 
     python tests/oracle/make_synthetic_family_gguf.py qwen2 q4_k_m /tmp/qwen2-q4_k_m.gguf
 """
@@ -38,8 +41,11 @@ from make_random_gguf import random_blocks, use_more_bits  # noqa: E402
 from cupyserve.runtime.gguf_header import HeaderCursor, read_key_values  # noqa: E402
 from cupyserve.runtime.gguf_loader import GGUFFile  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from synthetic_gpt2 import GPT2_QUANTS, write_gpt2  # noqa: E402
+
 VOCAB_DIR = Path(os.environ.get("CUPYSERVE_VOCAB_DIR", REPO.parent / "shared" / "vocab"))
-QUANTS = ("f16", "q4_0", "q4_k_m")
+QUANTS = ("f16", "q4_0", "q4_k_m")  # of qwen2 and phi3; the index seeds the generator
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,9 @@ SPECS = {
                  n_kv_head=2, head_dim=64, rope_dim=32, rope_base=10000.0, rms_eps=1e-5,
                  context=4096, tied=False, qkv_bias=False, fused=True, logit_gain=0.6, seed=3),
 }
+
+
+FAMILIES = (*sorted(SPECS), "gpt2")
 
 
 def read_metadata(path: Path) -> tuple[dict, dict]:
@@ -112,8 +121,16 @@ def layer_types(quant: str, layer: int, n_layer: int) -> dict[str, T]:
     return types
 
 
+def quants_of(family: str) -> tuple[str, ...]:
+    """The quant mixes a family's fixture comes in."""
+    return GPT2_QUANTS if family == "gpt2" else QUANTS
+
+
 def write(family: str, quant: str, path: str | Path) -> str:
     """Write the fixture; returns its content hash."""
+    if family == "gpt2":
+        write_gpt2(quant, path, VOCAB_DIR, copy_tokenizer)
+        return content_hash(path)
     s = SPECS[family]
     if quant not in QUANTS:
         raise ValueError(f"quant {quant!r} not in {QUANTS}")
@@ -202,10 +219,12 @@ def content_hash(path: str | Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("family", choices=sorted(SPECS))
-    parser.add_argument("quant", choices=QUANTS)
+    parser.add_argument("family", choices=FAMILIES)
+    parser.add_argument("quant", choices=sorted(set(QUANTS) | set(GPT2_QUANTS)))
     parser.add_argument("path")
     args = parser.parse_args(argv)
+    if args.quant not in quants_of(args.family):
+        parser.error(f"{args.family} comes in {', '.join(quants_of(args.family))}")
     print(write(args.family, args.quant, args.path))
     return 0
 

@@ -1,4 +1,4 @@
-"""Record llama.cpp's greedy generations on the synthetic qwen2/phi3/gpt-oss fixtures as committed goldens.
+"""Record llama.cpp's greedy generations on the synthetic qwen2/phi3/gpt2/gpt-oss fixtures as committed goldens.
 
 For each family and quant mix of make_synthetic_family_gguf.py, the fixture is written, served by
 llama.cpp's llama-server (build 11434, CPU, 2 threads) once with its defaults (flash attention
@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from make_synthetic_family_gguf import QUANTS, SPECS, write  # noqa: E402
+from make_synthetic_family_gguf import FAMILIES, quants_of, write  # noqa: E402
 from make_synthetic_gpt_oss_gguf import FIXTURE as GPT_OSS_FIXTURE  # noqa: E402
 from make_synthetic_gpt_oss_gguf import write_quantized as write_gpt_oss  # noqa: E402
 from record_llama_cpp_variant import LLAMA_SERVER, free_port  # noqa: E402
@@ -122,7 +122,7 @@ def main(families: list[str]) -> None:
         record_variants(GPT_OSS_FIXTURE, write_gpt_oss(GPT_OSS_FIXTURE), GPT_OSS_FIXTURE.stem)
     with tempfile.TemporaryDirectory() as tmp:
         for family in families:
-            for quant in QUANTS:
+            for quant in quants_of(family):
                 name = f"synthetic-{family}-{quant}"
                 model = Path(tmp) / f"{name}.gguf"
                 record_variants(model, write(family, quant, model), name)
@@ -130,4 +130,4 @@ def main(families: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or [*sorted(SPECS), "gpt-oss"])
+    main(sys.argv[1:] or [*FAMILIES, "gpt-oss"])

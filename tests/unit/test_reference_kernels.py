@@ -126,3 +126,18 @@ def test_add_rms_norm_fuses_residual():
     expected = (x + residual) / np.sqrt(((x + residual) ** 2).mean(-1, keepdims=True) + 1e-5) * weight
     assert np.array_equal(summed, x + residual)
     assert np.allclose(normed, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_add_layer_norm_fuses_residual(with_bias):
+    rng = np.random.default_rng(6)
+    x, residual = (rng.standard_normal((2, 3, 48)) + 1.5).astype(np.float32)
+    weight = rng.standard_normal(48).astype(np.float32)
+    bias = rng.standard_normal(48).astype(np.float32) if with_bias else None
+    normed, summed = norm.add_layer_norm(x, residual, weight, bias, 1e-5)
+    total = (x + residual).astype(np.float64)
+    centered = total - total.mean(-1, keepdims=True)
+    expected = centered / np.sqrt((centered**2).mean(-1, keepdims=True) + 1e-5) * weight + (0 if bias is None else bias)
+    assert np.array_equal(summed, x + residual)
+    assert np.allclose(normed, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(normed, norm.layer_norm(x + residual, weight, bias, 1e-5))
