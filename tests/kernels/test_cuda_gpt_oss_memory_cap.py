@@ -90,7 +90,6 @@ def test_20b_fits_a_24_gib_cap_serves_requests_and_survives_an_oom(cuda_ops, unc
         resident_weights = health["vram_bytes_used"] - engine.kv_cache.num_bytes - graph_bytes
         file_size = path.stat().st_size
         assert 0.9 * file_size <= resident_weights <= 1.1 * file_size, (resident_weights, file_size)
-        assert engine.model.num_weight_bytes <= 1.1 * file_size
 
         # (a) a few requests at once, each generating its tokens
         words = ["The capital of France is", "Hello world", "def main():", "1 2 3 4 5"]
