@@ -82,6 +82,10 @@ class LLMEngine:
             self.block_manager,
         )
         self.decode_graphs = self._capture_decode_graphs()
+        if self.args.gpu_memory_limit is not None and self.decode_graphs is not None:
+            # The graphs' private pool lies outside CuPy's default pool: lower the default pool's
+            # cap by it, so that everything the server holds stays within --gpu-memory-limit.
+            self.ops.set_memory_limit(self.args.gpu_memory_limit - self.decode_graphs.num_bytes())
         self.residency = self._check_residency()
         self.runner = ModelRunner(self.model, self.ops, self.kv_cache, self.decode_graphs)
         self.sampler = Sampler(self.config.vocab_size, self.ops.sampling)
