@@ -45,7 +45,7 @@ def _generate(engine, prompts: list[str], max_tokens: int = 12):
 
 
 @pytest.fixture(scope="module")
-def engines():
+def engines(cuda_ops):
     return _engine(False), _engine(True)
 
 
