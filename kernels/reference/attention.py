@@ -20,9 +20,8 @@ def write_kv(
     num_blocks, block_size = k_cache.shape[:2]
     flat_k = k_cache.reshape(num_blocks * block_size, *k_cache.shape[2:])
     flat_v = v_cache.reshape(num_blocks * block_size, *v_cache.shape[2:])
-    keep = slot_mapping >= 0  # negative slots are padding rows (CUDA graph buckets): written nowhere
-    flat_k[slot_mapping[keep]] = k[keep]
-    flat_v[slot_mapping[keep]] = v[keep]
+    flat_k[slot_mapping] = k
+    flat_v[slot_mapping] = v
 
 
 def gather_context(

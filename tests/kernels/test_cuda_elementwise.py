@@ -86,45 +86,6 @@ def test_rope(cuda_ops, style, num_tokens, num_heads, head_dim, rope_dim):
     np.testing.assert_array_equal(_host(actual), expected)
 
 
-@pytest.mark.parametrize("style", ["normal", "neox"])
-@pytest.mark.parametrize("num_tokens,num_heads,num_kv_heads,head_dim,rope_dim",
-                         [(1, 9, 3, 64, 64), (37, 14, 2, 64, 64), (6, 32, 32, 96, 32), (3, 4, 1, 256, 256)])
-def test_rope_write_kv_equals_rope_then_write_kv(cuda_ops, style, num_tokens, num_heads, num_kv_heads,
-                                                 head_dim, rope_dim):
-    """The fused launch gives exactly apply_rope(q), apply_rope(k) then write_kv(k, v): q bit for
-    bit, every cache slot bit for bit (untouched slots too, and padding slot -1 is skipped)."""
-    rng = np.random.default_rng(num_tokens * num_heads + head_dim)
-    q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
-    qkv = rng.standard_normal((num_tokens, q_size + 2 * kv_size), dtype=np.float32)
-    positions = rng.integers(0, 4000, size=num_tokens).astype(np.int32)
-    cos, sin = rope.rope_cos_sin(positions, rope_dim, 10000.0)
-    block_size, num_blocks = 16, num_tokens + 2
-    slots = rng.permutation(num_blocks * block_size)[:num_tokens].astype(np.int64)
-    slots[-1] = -1  # a padding row of a graph bucket
-    shape = (num_blocks, block_size, num_kv_heads, head_dim)
-    cache = rng.standard_normal(shape).astype(np.float16)
-
-    def split(x):
-        return (x[:, :q_size].reshape(num_tokens, num_heads, head_dim),
-                x[:, q_size:q_size + kv_size].reshape(num_tokens, num_kv_heads, head_dim),
-                x[:, q_size + kv_size:].reshape(num_tokens, num_kv_heads, head_dim))
-
-    k_ref, v_ref = cache.copy(), cache.copy()
-    q_h, k_h, v_h = split(qkv)
-    expected_q = rope.apply_rope(q_h, cos, sin, style)
-    attention.write_kv(k_ref, v_ref, rope.apply_rope(k_h, cos, sin, style), v_h, slots)
-    k_dev, v_dev = _dev(cache), _dev(cache)
-    q_d, k_d, v_d = split(_dev(qkv))
-    actual_q = cuda_ops.rope_write_kv(q_d, k_d, v_d, _dev(cos), _dev(sin), style, k_dev, v_dev, _dev(slots))
-    np.testing.assert_array_equal(_host(actual_q), expected_q)
-    np.testing.assert_array_equal(_host(k_dev), k_ref)
-    np.testing.assert_array_equal(_host(v_dev), v_ref)
-    cpu_k, cpu_v = cache.copy(), cache.copy()
-    np.testing.assert_array_equal(rope.rope_write_kv(q_h, k_h, v_h, cos, sin, style, cpu_k, cpu_v, slots),
-                                  expected_q)
-    np.testing.assert_array_equal(cpu_k, k_ref)
-
-
 @pytest.mark.parametrize("num_tokens,ffn", [(1, 1536), (9, 77), (200, 2048)])
 def test_activations(cuda_ops, num_tokens, ffn):
     rng = np.random.default_rng(ffn)
