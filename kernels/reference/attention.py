@@ -20,8 +20,9 @@ def write_kv(
     num_blocks, block_size = k_cache.shape[:2]
     flat_k = k_cache.reshape(num_blocks * block_size, *k_cache.shape[2:])
     flat_v = v_cache.reshape(num_blocks * block_size, *v_cache.shape[2:])
-    flat_k[slot_mapping] = k
-    flat_v[slot_mapping] = v
+    keep = slot_mapping >= 0  # negative slots are padding rows (CUDA graph buckets): written nowhere
+    flat_k[slot_mapping[keep]] = k[keep]
+    flat_v[slot_mapping[keep]] = v[keep]
 
 
 def gather_context(
