@@ -141,3 +141,17 @@ def test_add_layer_norm_fuses_residual(with_bias):
     assert np.array_equal(summed, x + residual)
     assert np.allclose(normed, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(normed, norm.layer_norm(x + residual, weight, bias, 1e-5))
+
+
+def test_write_kv_skips_padding_slots():
+    """Slot -1 marks a padding row (CUDA graph buckets): it is written nowhere, as on the GPU."""
+    rng = np.random.default_rng(3)
+    k = rng.standard_normal((3, 2, 8), dtype=np.float32)
+    v = rng.standard_normal((3, 2, 8), dtype=np.float32)
+    k_cache = np.zeros((2, 4, 2, 8), np.float16)
+    v_cache = np.zeros_like(k_cache)
+    attention.write_kv(k_cache, v_cache, k, v, np.array([1, 6, -1], np.int64))
+    flat_k, flat_v = k_cache.reshape(8, 2, 8), v_cache.reshape(8, 2, 8)
+    np.testing.assert_array_equal(flat_k[[1, 6]], k[:2].astype(np.float16))
+    np.testing.assert_array_equal(flat_v[[1, 6]], v[:2].astype(np.float16))
+    assert not flat_k[[0, 2, 3, 4, 5, 7]].any() and not flat_v[[0, 2, 3, 4, 5, 7]].any()
