@@ -6,7 +6,6 @@ import copy
 import re
 import shlex
 from pathlib import Path
-from types import SimpleNamespace
 
 import jsonschema
 import orjson
@@ -16,6 +15,8 @@ import yaml
 from cupyserve.runtime.metrics import EngineMetrics
 from cupyserve.server.app import create_app
 from cupyserve.server.cli import build_parser
+
+from test_server_fake_engine import FakeEngine
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -134,7 +135,7 @@ def test_init_container_pulls_the_served_model_into_the_mounted_cache() -> None:
 
 
 def test_probe_paths_are_server_routes_open_without_api_key() -> None:
-    app = create_app(SimpleNamespace(model_name="m"))
+    app = create_app(FakeEngine())
     get_paths = {r.path for r in app.routes if "GET" in (r.methods or ())}
     port_names = {p["name"] for p in SERVER["ports"]}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
