@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from .decode_graphs import bucket_sizes
+from .kv_cache import DEFAULT_CPU_KV_BYTES, bytes_per_block, plan_num_blocks
 
 MIB = 1 << 20
 BASE_RESERVE_BYTES = 512 * MIB  # CUDA/cuBLAS workspaces, the dequantize tile, allocator slack
@@ -24,6 +25,10 @@ BASE_RESERVE_BYTES = 512 * MIB  # CUDA/cuBLAS workspaces, the dequantize tile, a
 
 class InsufficientDeviceMemory(RuntimeError):
     """The model does not fit the device (or the configured cap): a startup error."""
+
+
+class InsufficientKVMemory(RuntimeError):
+    """No room for the KV cache the configuration asks for: a startup error."""
 
 
 def _gib(num_bytes: int) -> str:
@@ -100,3 +105,94 @@ class ResidencyMonitor:
                     self.problem = f"array {index} of shape {getattr(array, 'shape', '?')} is {kind} memory"
                     break
         return self.problem is None
+
+
+def device_arrays(roots: list[Any], array_type: type, max_depth: int = 6):
+    """Every `array_type` reachable from `roots` through lists, tuples, dicts and object fields
+    (weights hold their arrays in segments, layers in dicts), each once."""
+    seen: set[int] = set()
+    stack = [(root, 0) for root in roots]
+    while stack:
+        item, depth = stack.pop()
+        if id(item) in seen or depth > max_depth:
+            continue
+        seen.add(id(item))
+        if isinstance(item, array_type):
+            yield item
+        elif isinstance(item, (list, tuple)):
+            stack.extend((x, depth + 1) for x in item)
+        elif isinstance(item, dict):
+            stack.extend((x, depth + 1) for x in item.values())
+        elif hasattr(item, "__dict__") and not isinstance(item, type):
+            stack.extend((x, depth + 1) for x in vars(item).values())
+
+
+class EngineMemory:
+    """The engine's device memory: the budget (checked before the weights are uploaded), the KV
+    pool's size, the pool cap, residency and the bytes held. On the CPU only the KV sizing applies
+    (a fixed default budget), the rest is a no-op."""
+
+    def __init__(self, ops: Any, device: str, args: Any, config: Any, weight_bytes: int) -> None:
+        self.ops, self.device, self.args = ops, device, args
+        self.step_reserve = step_reserve_bytes(
+            config.hidden_size, config.ffn_size, config.vocab_size,
+            max(args.max_num_batched_tokens, args.max_num_seqs), args.max_num_seqs,
+            is_using_graphs=not args.enforce_eager)
+        self.budget: MemoryBudget | None = None
+        self.residency: ResidencyMonitor | None = None
+        if device != "cpu":
+            free, total = ops.memory_info()
+            self.budget = MemoryBudget.from_device(free, total, args.gpu_memory_utilization,
+                                                   args.gpu_memory_limit)
+            self.budget.check_weights_fit(weight_bytes, self.step_reserve)
+            if args.gpu_memory_limit is not None:
+                ops.set_memory_limit(args.gpu_memory_limit)
+
+    def kv_blocks(self, kv_config: Any, max_model_len: int) -> int:
+        """Blocks of the KV pool: what the budget leaves after the weights and the step reserve
+        (or --kv-cache-memory), never more than every admitted sequence at full context uses."""
+        args = self.args
+        budget = args.kv_cache_memory
+        if self.budget is not None:
+            available = self.budget.available(self.ops.bytes_in_use()) - self.step_reserve
+            if budget is not None and budget > available:
+                raise InsufficientKVMemory(
+                    f"--kv-cache-memory {budget} bytes does not fit: {max(available, 0)} bytes are "
+                    f"left after the weights and the step reserve")
+            budget = available if budget is None else budget
+        elif budget is None:
+            free, _total = self.ops.memory_info()
+            budget = min(DEFAULT_CPU_KV_BYTES, free // 4) if free else DEFAULT_CPU_KV_BYTES
+        needed = -(-max_model_len // args.block_size) * args.max_num_seqs
+        per_block = bytes_per_block(kv_config, args.block_size)
+        if budget < per_block:
+            raise InsufficientKVMemory(
+                f"no GPU memory left for the KV cache: {max(budget, 0)} bytes available, one "
+                f"{args.block_size}-token block needs {per_block}; lower --max-num-seqs or "
+                f"--max-num-batched-tokens, or raise --gpu-memory-utilization / --gpu-memory-limit")
+        return min(plan_num_blocks(kv_config, args.block_size, budget), max(needed, 1))
+
+    def hold_graphs(self, graphs: Any) -> None:
+        """The decode graphs' private pool lies outside CuPy's default pool: lower the default
+        pool's cap by it, so everything the server holds stays within --gpu-memory-limit."""
+        if self.args.gpu_memory_limit is not None and graphs is not None:
+            self.ops.set_memory_limit(self.args.gpu_memory_limit - graphs.num_bytes())
+
+    def watch_residency(self, roots: Callable[[], list[Any]]) -> None:
+        """Weights and KV (reachable from `roots()`) must be device memory, not managed or host:
+        checked now (a startup error if not) and again by `is_resident`, at most once a minute."""
+        if self.device == "cpu":
+            return
+        xp = self.ops.xp
+        self.residency = ResidencyMonitor(self.ops.memory_kind, lambda: device_arrays(roots(), xp.ndarray))
+        if not self.residency.check(force=True):
+            raise RuntimeError(f"model memory is not resident on the GPU: {self.residency.problem}")
+
+    def is_resident(self) -> bool:
+        return self.residency is None or self.residency.check()
+
+    def bytes_used(self, graphs: Any) -> int:
+        """Device bytes the server holds: arrays in CuPy's pool plus the decode graphs' pool."""
+        if self.device == "cpu":
+            return 0
+        return self.ops.bytes_in_use() + (graphs.num_bytes() if graphs is not None else 0)

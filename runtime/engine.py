@@ -22,10 +22,10 @@ from ..kernels.fault_injection import FAULT_OOM_ENV
 from .block_manager import BlockManager
 from .catalog import resolve_model
 from .detokenizer import IncrementalDetokenizer, StopStringMatcher
-from .device_memory import MemoryBudget, ResidencyMonitor, step_reserve_bytes
+from .device_memory import EngineMemory
 from .engine_args import EngineArgs
 from .gguf_loader import GGUFFile
-from .kv_cache import DEFAULT_CPU_KV_BYTES, KVCache, bytes_per_block, plan_num_blocks
+from .kv_cache import KVCache
 from .log import ProgressBar, log_event
 from .metrics import engine_metrics
 from .model_runner import ModelRunner
@@ -63,15 +63,16 @@ class LLMEngine:
         self.tokenizer, self.tokenizer_source = model_tokenizer.tokenizer, model_tokenizer.source
         self.ops = get_ops(self.device)
         self._pause_fault_injection()
-        self.config = resolve_model_config(self.gguf)[0]  # for the memory check; the model's below
-        self.memory_budget = self._check_weights_fit()
+        self.memory = EngineMemory(self.ops, self.device, args, resolve_model_config(self.gguf)[0],
+                                   sum(info.num_bytes for info in self.gguf.tensors.values()))
         self.model = self._load_model()
         self.config = self.model.config
         self.kv_config = getattr(self.model, "layout", self.config)  # this rank's KV heads
         self.model_name = args.served_model_name or path.name.removesuffix(".gguf")
         self.max_model_len = min(args.max_model_len or self.config.context_length,
                                  self.config.context_length)
-        self.kv_cache = KVCache.allocate(self.kv_config, self.ops, self._plan_kv_blocks(), args.block_size)
+        self.kv_cache = KVCache.allocate(self.kv_config, self.ops,
+                                         self.memory.kv_blocks(self.kv_config, self.max_model_len), args.block_size)
         self.block_manager = BlockManager(self.kv_cache.num_blocks, args.block_size,
                                           args.enable_prefix_caching)
         max_num_batched_tokens = max(args.max_num_batched_tokens, args.max_num_seqs)
@@ -82,11 +83,8 @@ class LLMEngine:
             self.block_manager,
         )
         self.decode_graphs = self._capture_decode_graphs()
-        if self.args.gpu_memory_limit is not None and self.decode_graphs is not None:
-            # The graphs' private pool lies outside CuPy's default pool: lower the default pool's
-            # cap by it, so that everything the server holds stays within --gpu-memory-limit.
-            self.ops.set_memory_limit(self.args.gpu_memory_limit - self.decode_graphs.num_bytes())
-        self.residency = self._check_residency()
+        self.memory.hold_graphs(self.decode_graphs)
+        self.memory.watch_residency(lambda: [self.model, self.kv_cache.layers])
         self.runner = ModelRunner(self.model, self.ops, self.kv_cache, self.decode_graphs)
         self.sampler = Sampler(self.config.vocab_size, self.ops.sampling)
         self.metrics = engine_metrics()
@@ -132,26 +130,6 @@ class LLMEngine:
                   buckets=graphs.sizes, graph_bytes=graphs.num_bytes())
         return graphs
 
-    def _step_reserve(self) -> int:
-        cfg, args = self.config, self.args
-        return step_reserve_bytes(cfg.hidden_size, cfg.ffn_size, cfg.vocab_size,
-                                  max(args.max_num_batched_tokens, args.max_num_seqs), args.max_num_seqs,
-                                  is_using_graphs=not args.enforce_eager)
-
-    def _check_weights_fit(self) -> MemoryBudget | None:
-        """On a GPU: the budget of this server, after checking the weights fit it (before any
-        upload). A cap from --gpu-memory-limit also bounds CuPy's pool for the server's life."""
-        if self.device == "cpu":
-            return None
-        free, total = self.ops.memory_info()
-        budget = MemoryBudget.from_device(free, total, self.args.gpu_memory_utilization,
-                                          self.args.gpu_memory_limit)
-        weight_bytes = sum(info.num_bytes for info in self.gguf.tensors.values())
-        budget.check_weights_fit(weight_bytes, self._step_reserve())
-        if self.args.gpu_memory_limit is not None:
-            self.ops.set_memory_limit(self.args.gpu_memory_limit)
-        return budget
-
     def _load_model(self):
         if self.args.tensor_parallel_size == 1:
             return load_model(self.gguf, self.ops, self._progress_reporter())
@@ -163,40 +141,6 @@ class LLMEngine:
     def close(self) -> None:
         """Stop what the engine started outside this process (tensor-parallel ranks)."""
         getattr(self.model, "close", lambda: None)()
-
-    def _plan_kv_blocks(self) -> int:
-        budget = self.args.kv_cache_memory
-        if self.memory_budget is not None:
-            available = self.memory_budget.available(self.ops.bytes_in_use()) - self._step_reserve()
-            if budget is not None and budget > available:
-                raise InsufficientKVMemory(
-                    f"--kv-cache-memory {budget} bytes does not fit: {max(available, 0)} bytes are "
-                    f"left after the weights and the step reserve")
-            budget = available if budget is None else budget
-        elif budget is None:
-            free, _total = self.ops.memory_info()
-            budget = min(DEFAULT_CPU_KV_BYTES, free // 4) if free else DEFAULT_CPU_KV_BYTES
-        needed = -(-self.max_model_len // self.args.block_size) * self.args.max_num_seqs
-        per_block = bytes_per_block(self.kv_config, self.args.block_size)
-        if budget < per_block:
-            raise InsufficientKVMemory(
-                f"no GPU memory left for the KV cache: {max(budget, 0)} bytes available, one "
-                f"{self.args.block_size}-token block needs {per_block}; lower --max-num-seqs or "
-                f"--max-num-batched-tokens, or raise --gpu-memory-utilization / --gpu-memory-limit")
-        # No point reserving more than every admitted sequence at full context could use.
-        return min(plan_num_blocks(self.kv_config, self.args.block_size, budget), max(needed, 1))
-
-    def _check_residency(self) -> ResidencyMonitor | None:
-        """On a GPU: weights and KV must be device memory (not managed/host); checked now, and
-        again from health() at most once a minute. Not resident at load is a startup error."""
-        if self.device == "cpu":
-            return None
-        xp = self.ops.xp
-        monitor = ResidencyMonitor(self.ops.memory_kind,
-                                   lambda: _device_arrays([self.model, self.kv_cache.layers], xp.ndarray))
-        if not monitor.check(force=True):
-            raise RuntimeError(f"model memory is not resident on the GPU: {monitor.problem}")
-        return monitor
 
     # Injected OOMs target steps: startup's own allocations (the KV pool) neither fail nor count,
     # so N=1 fails the first step whatever the model's layer count.
@@ -434,10 +378,7 @@ class LLMEngine:
 
     def vram_bytes_used(self) -> int:
         """Device bytes this server holds: arrays in CuPy's pool plus the decode graphs' pool."""
-        if self.device == "cpu":
-            return 0
-        graphs = self.decode_graphs.num_bytes() if self.decode_graphs is not None else 0
-        return self.ops.bytes_in_use() + graphs
+        return self.memory.bytes_used(self.decode_graphs)
 
     def health(self) -> dict[str, Any]:
         free_blocks = self.block_manager.num_free_blocks
@@ -452,7 +393,7 @@ class LLMEngine:
             "architecture": self.config.architecture,
             "quant_kind": self.quant_kind,
             "device": self.device,
-            "resident": self.residency is None or self.residency.check(),
+            "resident": self.memory.is_resident(),
             "vram_bytes_used": self.vram_bytes_used(),
             "kv_blocks_total": self.kv_cache.num_blocks,
             "kv_blocks_free": free_blocks,
@@ -464,30 +405,6 @@ class LLMEngine:
             "num_requests_running": self.scheduler.num_running,
             "num_requests_waiting": self.scheduler.num_waiting,
         }
-
-
-class InsufficientKVMemory(RuntimeError):
-    """No room for the KV cache the configuration asks for: a startup error."""
-
-
-def _device_arrays(roots: list[Any], array_type: type, max_depth: int = 6):
-    """Every `array_type` reachable from `roots` through lists, tuples, dicts and object fields
-    (weights hold their arrays in segments, layers in dicts), each once."""
-    seen: set[int] = set()
-    stack = [(root, 0) for root in roots]
-    while stack:
-        item, depth = stack.pop()
-        if id(item) in seen or depth > max_depth:
-            continue
-        seen.add(id(item))
-        if isinstance(item, array_type):
-            yield item
-        elif isinstance(item, (list, tuple)):
-            stack.extend((x, depth + 1) for x in item)
-        elif isinstance(item, dict):
-            stack.extend((x, depth + 1) for x in item.values())
-        elif hasattr(item, "__dict__") and not isinstance(item, type):
-            stack.extend((x, depth + 1) for x in vars(item).values())
 
 
 def build_engine(args: EngineArgs):
