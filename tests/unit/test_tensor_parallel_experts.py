@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
 
+from cupyserve.kernels.cpu_ops import CpuOps
 from cupyserve.kernels.reference import moe
 from cupyserve.runtime.engine import LLMEngine
 from cupyserve.runtime.engine_args import EngineArgs
@@ -29,6 +30,7 @@ from cupyserve.runtime.parallel.block_slicing import ShardingError
 from cupyserve.runtime.parallel.rank_model import plan_for_file
 from cupyserve.runtime.parallel.rank_shard import RankShard
 from cupyserve.runtime.parallel.sharded_gguf import ShardedGGUFFile
+from cupyserve.runtime.parallel.tensor_parallel_model import TensorParallelModel
 from cupyserve.runtime.sampling_params import SamplingParams
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "oracle"))
@@ -137,6 +139,12 @@ def test_expert_count_not_divisible_fails_at_startup() -> None:
     """6 experts over 4 ranks (the heads split: 2 KV heads, each on 2 ranks)."""
     with pytest.raises(ShardingError, match="6 experts cannot be split evenly over 4 ranks"):
         plan_for_file(GGUFFile.open(GPT_OSS), 4)
+
+
+def test_expert_parallel_on_cuda_fails_at_startup() -> None:
+    """The CUDA MoE kernels have no expert sub-range: refused before CuPy or any worker starts."""
+    with pytest.raises(ShardingError, match="runs on --device cpu only"):
+        TensorParallelModel(GGUFFile.open(GPT_OSS), CpuOps(), "cuda", 2)
 
 
 # ---- TP=2 against TP=1 through the engine ------------------------------------------------------
