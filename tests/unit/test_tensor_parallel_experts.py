@@ -149,8 +149,8 @@ def test_expert_parallel_on_cuda_fails_at_startup() -> None:
 
 # ---- TP=2 against TP=1 through the engine ------------------------------------------------------
 
-def generate(path, tensor_parallel_size: int) -> dict[str, list]:
-    """Greedy tokens with top-5 logprobs, both prompts batched together."""
+def generate(path, tensor_parallel_size: int) -> tuple[dict[str, list], list[int]]:
+    """Greedy tokens with top-5 logprobs, both prompts batched together; weight bytes per rank."""
     engine = LLMEngine(EngineArgs(model=str(path), device="cpu", max_model_len=128, max_num_seqs=4,
                                   kv_cache_memory=8 << 20, enable_prefix_caching=False,
                                   tensor_parallel_size=tensor_parallel_size))
@@ -164,14 +164,17 @@ def generate(path, tensor_parallel_size: int) -> dict[str, list]:
             for out in engine.step():
                 assert out.error is None, out.error
                 steps[out.request_id].extend(out.logprobs)
-        return steps
+        return steps, getattr(engine.model, "num_weight_bytes_per_rank", [engine.model.num_weight_bytes])
     finally:
         engine.close()
 
 
 def test_gpt_oss_tp2_matches_tp1(monkeypatch) -> None:
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")  # the spawned worker: one BLAS thread
-    single, parallel = generate(GPT_OSS, 1), generate(GPT_OSS, 2)
+    (single, (whole_bytes,)), (parallel, rank_bytes) = generate(GPT_OSS, 1), generate(GPT_OSS, 2)
+    # Each rank loads half the experts and attention plus the replicated router, norms and o bias.
+    assert len(rank_bytes) == 2 and all(b < 0.52 * whole_bytes for b in rank_bytes), \
+        (rank_bytes, whole_bytes)
     num_compared, chosen, top5 = 0, [], []
     for request_id, steps in single.items():
         assert len(parallel[request_id]) == len(steps) == MAX_TOKENS
