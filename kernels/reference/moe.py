@@ -140,7 +140,8 @@ def check_shapes(x, router_logits, gate_exps, up_exps, down_exps, biases, num_ex
     num_experts, ffn = gate_exps.num_experts, gate_exps.out_features
     num_routed = num_experts if expert_range is None else router_logits.shape[-1]
     if router_logits.shape != (num_tokens, num_routed):
-        raise ValueError(f"router_logits must be [{num_tokens}, {num_routed}], got {list(router_logits.shape)}")
+        raise ValueError(f"router_logits must be [{num_tokens}, {num_routed}], "
+                         f"got {list(router_logits.shape)}")
     local_expert_range(num_routed, num_experts, expert_range)
     for name, w, shape in (("gate", gate_exps, (num_experts, ffn, hidden)),
                            ("up", up_exps, (num_experts, ffn, hidden)),
