@@ -33,7 +33,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from ..reference.linear import activation_rounding
-from ..reference.moe import check_shapes
+from ..reference.moe import check_shapes, local_expert_range
 from .linear import quantize_q8_32, round_activations
 from .module_cache import blocks_for, launch
 from .weights import GPU_TYPES, host_bytes, row_bytes_of, upload_rows
@@ -231,12 +231,21 @@ def moe_ffn(
     swiglu_alpha: float = 1.702,
     swiglu_limit: float = 7.0,
     generated_rows=None,  # [num_tokens] host bool; the path is chosen by batch size (see above)
+    expert_range: tuple[int, int] | None = None,  # global experts held; only all of them here
 ) -> cupy.ndarray:  # [num_tokens, hidden] float32
     x = cupy.ascontiguousarray(x, dtype=np.float32)
     router_logits = cupy.ascontiguousarray(router_logits, dtype=np.float32)
     biases = [_bias(b) for b in (gate_bias, up_bias, down_bias)]
     check_shapes(x, router_logits, gate_exps, up_exps, down_exps,
-                 [None if isinstance(b, np.uint64) else b for b in biases], num_experts_used)
+                 [None if isinstance(b, np.uint64) else b for b in biases], num_experts_used,
+                 expert_range)
+    num_routed = router_logits.shape[1]
+    if local_expert_range(num_routed, gate_exps.num_experts, expert_range) != (0, num_routed):
+        # The kernels index the expert tensors by the routed (global) id; a sub-range would need
+        # remapped ids and skipped slots in every path, which no GPU was available to test.
+        raise NotImplementedError(
+            f"CUDA moe_ffn: expert parallelism (expert_range {tuple(expert_range)} of "
+            f"{num_routed} experts) is implemented on the NumPy backend only")
     if gate_exps.ggml_type != up_exps.ggml_type:
         raise ValueError(f"gate and up experts must share a type (one fused kernel), got "
                          f"{gate_exps.ggml_type.name} and {up_exps.ggml_type.name}")

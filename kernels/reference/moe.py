@@ -17,6 +17,12 @@ rounded exactly as for a dense weight of the same type (q8_32 for MXFP4 and Q8_0
 
 Experts stay in their GGUF block format in memory (`ExpertWeights.raw`); a call dequantizes only
 the experts its tokens chose, each once per matrix.
+
+Expert parallelism (runtime/parallel): with `expert_range=(begin, end)` the expert tensors and
+biases hold only global experts begin..end-1 (local index = global - begin) while the router
+logits still cover all experts, so routing and the softmax weights are the full op's; the output
+is the sum over the k slots of only the slots whose expert is in the range. Summed over ranks
+whose ranges tile 0..E, that is the full output up to float32 summation order.
 """
 from __future__ import annotations
 
@@ -109,12 +115,34 @@ def swiglu_oai(
     return (g / (np.float32(1.0) + np.exp(-alpha * g)) * (u + np.float32(1.0))).astype(np.float32)
 
 
-def check_shapes(x, router_logits, gate_exps, up_exps, down_exps, biases, num_experts_used) -> None:
+def local_expert_range(
+    num_routed_experts: int,  # columns of the router logits: every expert of the model
+    num_local_experts: int,  # experts the weight tensors hold
+    expert_range: tuple[int, int] | None,
+) -> tuple[int, int]:
+    """The validated [begin, end) of global experts held locally; None means all of them."""
+    if expert_range is None:
+        return 0, num_routed_experts
+    begin, end = (int(v) for v in expert_range)
+    if not 0 <= begin < end <= num_routed_experts:
+        raise ValueError(f"expert_range [{begin}, {end}) must be a non-empty part of "
+                         f"0..{num_routed_experts}")
+    if end - begin != num_local_experts:
+        raise ValueError(f"expert_range [{begin}, {end}) holds {end - begin} experts but the "
+                         f"expert tensors hold {num_local_experts}")
+    return begin, end
+
+
+def check_shapes(x, router_logits, gate_exps, up_exps, down_exps, biases, num_experts_used,
+                 expert_range: tuple[int, int] | None = None) -> None:
     """Raises ValueError unless the arguments of `moe_ffn` fit together (both backends use it)."""
     num_tokens, hidden = x.shape
     num_experts, ffn = gate_exps.num_experts, gate_exps.out_features
-    if router_logits.shape != (num_tokens, num_experts):
-        raise ValueError(f"router_logits must be [{num_tokens}, {num_experts}], got {list(router_logits.shape)}")
+    num_routed = num_experts if expert_range is None else router_logits.shape[-1]
+    if router_logits.shape != (num_tokens, num_routed):
+        raise ValueError(f"router_logits must be [{num_tokens}, {num_routed}], "
+                         f"got {list(router_logits.shape)}")
+    local_expert_range(num_routed, num_experts, expert_range)
     for name, w, shape in (("gate", gate_exps, (num_experts, ffn, hidden)),
                            ("up", up_exps, (num_experts, ffn, hidden)),
                            ("down", down_exps, (num_experts, hidden, ffn))):
@@ -124,8 +152,8 @@ def check_shapes(x, router_logits, gate_exps, up_exps, down_exps, biases, num_ex
     for name, bias, width in zip(("gate", "up", "down"), biases, (ffn, ffn, hidden)):
         if bias is not None and bias.shape != (num_experts, width):
             raise ValueError(f"{name}_bias must be [{num_experts}, {width}], got {list(bias.shape)}")
-    if not 1 <= num_experts_used <= num_experts:
-        raise ValueError(f"num_experts_used must be in 1..{num_experts}, got {num_experts_used}")
+    if not 1 <= num_experts_used <= num_routed:
+        raise ValueError(f"num_experts_used must be in 1..{num_routed}, got {num_experts_used}")
 
 
 def moe_ffn(
@@ -141,24 +169,33 @@ def moe_ffn(
     swiglu_alpha: float = 1.702,
     swiglu_limit: float = 7.0,
     generated_rows: np.ndarray | None = None,  # [num_tokens] bool, as for `linear`
-) -> np.ndarray:  # [num_tokens, hidden] float32
+    expert_range: tuple[int, int] | None = None,  # global experts the tensors hold; None: all
+) -> np.ndarray:  # [num_tokens, hidden] float32 (with expert_range: this range's partial sum)
     x = np.asarray(x, dtype=np.float32)
     router_logits = np.asarray(router_logits, dtype=np.float32)
     biases = [None if b is None else np.asarray(b, dtype=np.float32) for b in (gate_bias, up_bias, down_bias)]
-    check_shapes(x, router_logits, gate_exps, up_exps, down_exps, biases, num_experts_used)
+    check_shapes(x, router_logits, gate_exps, up_exps, down_exps, biases, num_experts_used,
+                 expert_range)
+    begin, end = local_expert_range(router_logits.shape[-1], gate_exps.num_experts, expert_range)
     num_tokens, hidden = x.shape
     if generated_rows is None:
         generated_rows = np.zeros(num_tokens, dtype=bool)
     selected, weights = route(router_logits, num_experts_used)
-    expert_out = np.empty((num_tokens, num_experts_used, hidden), dtype=np.float32)
+    # Slots routed to another range's experts contribute exact zeros to this partial sum.
+    is_whole = (begin, end) == (0, router_logits.shape[-1])
+    expert_out = (np.empty if is_whole else np.zeros)((num_tokens, num_experts_used, hidden),
+                                                      dtype=np.float32)
     for expert in np.unique(selected):
+        if not begin <= expert < end:
+            continue
         tokens, slots = np.nonzero(selected == expert)
         rows = generated_rows[tokens]
-        bias = [None if b is None else b[expert] for b in biases]
-        gate = linear(x[tokens], gate_exps.expert(expert), bias[0], rows)
-        up = linear(x[tokens], up_exps.expert(expert), bias[1], rows)
+        local = int(expert) - begin
+        bias = [None if b is None else b[local] for b in biases]
+        gate = linear(x[tokens], gate_exps.expert(local), bias[0], rows)
+        up = linear(x[tokens], up_exps.expert(local), bias[1], rows)
         hidden_act = swiglu_oai(gate, up, swiglu_alpha, swiglu_limit)
-        expert_out[tokens, slots] = linear(hidden_act, down_exps.expert(expert), bias[2], rows)
+        expert_out[tokens, slots] = linear(hidden_act, down_exps.expert(local), bias[2], rows)
     out = expert_out[:, 0] * weights[:, :1]
     for slot in range(1, num_experts_used):
         out += expert_out[:, slot] * weights[:, slot:slot + 1]

@@ -12,6 +12,8 @@ src/models/openai-moe*.cpp), the implementation the goldens were recorded with:
   (top `expert_used_count` experts, softmax over their logits, clamped SwiGLU with
   alpha 1.702 / limit 7, expert biases), weights scaled by `expert_weights_scale` when the file
   gives one other than 0 or 1.
+As a tensor-parallel rank (runtime/parallel, expert parallel) the router runs whole, the rank's
+`moe_ffn` adds only its own experts' terms, and the partial outputs are all-reduced.
 """
 from __future__ import annotations
 
@@ -85,7 +87,9 @@ class GptOssModel(DecoderModel):
                           layer["ffn_gate_exps"], layer.get("ffn_gate_exps_bias"),
                           layer["ffn_up_exps"], layer.get("ffn_up_exps_bias"),
                           layer["ffn_down_exps"], layer.get("ffn_down_exps_bias"),
-                          self.num_experts_used, generated_rows=rows)
+                          self.num_experts_used, generated_rows=rows,
+                          expert_range=None if self.shard is None else self.shard.plan.experts)
+        out = self.reduce_partial(out)  # [num_tokens, hidden]: only a rank's experts until here
         if self.expert_weights_scale is not None:
             out = out * self.expert_weights_scale
         return out

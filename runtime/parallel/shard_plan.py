@@ -10,6 +10,9 @@ Rules (docs/tensor_parallel.md):
   model's, so the attention kernel's GQA mapping is unchanged.
 - The FFN width is split in units of the widest quantization block among the `ffn_down`
   tensors, so each rank's column slice of `ffn_down` (and its rows of gate/up) is whole blocks.
+- Mixture-of-experts FFNs (gpt-oss: `num_experts` in the config) are split by whole experts:
+  rank r holds experts [r*E/N, (r+1)*E/N) at their full width (E must be a multiple of N),
+  the router is replicated. The FFN width is then not split.
 - The vocabulary (embedding rows, output rows) is split evenly by rows.
 A split the rules cannot make raises `ShardingError` naming the constraint.
 """
@@ -44,11 +47,13 @@ class ShardPlan:
     kv_heads: Range  # global KV heads it holds (replicated on other ranks when num_kv < world)
     ffn: Range  # rows of ffn_gate/ffn_up, columns of ffn_down
     vocab: Range  # rows of token_embd and output
+    experts: Range | None = None  # global experts it holds (MoE families); None: dense FFN
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} outside world of {self.world_size}")
-        for name in ("q_heads", "kv_heads", "ffn", "vocab"):
+        names = ("q_heads", "kv_heads", "ffn", "vocab") + (("experts",) if self.experts else ())
+        for name in names:
             begin, end = getattr(self, name)
             if not 0 <= begin < end:
                 raise ValueError(f"rank {self.rank}: empty or negative {name} range {begin, end}")
@@ -73,6 +78,19 @@ class ShardPlan:
             vocab_size=self.vocab[1] - self.vocab[0])
 
 
+def _ffn_ranges(ffn_size: int, ffn_down_block: int, world_size: int) -> list[Range]:
+    """Dense FFN: contiguous column ranges of ffn_down in whole quantization blocks."""
+    if ffn_size % ffn_down_block:
+        raise ShardingError(f"ffn width {ffn_size} is not whole {ffn_down_block}-column blocks")
+    num_ffn_units = ffn_size // ffn_down_block
+    if num_ffn_units < world_size:
+        raise ShardingError(
+            f"ffn width {ffn_size} holds {num_ffn_units} blocks of {ffn_down_block} columns: "
+            f"too few for {world_size} ranks")
+    return [(begin * ffn_down_block, end * ffn_down_block)
+            for begin, end in even_split(num_ffn_units, world_size)]
+
+
 def _head_ranges(num_heads: int, num_kv_heads: int, world_size: int) -> list[tuple[Range, Range]]:
     group = num_heads // num_kv_heads
     if num_kv_heads >= world_size:
@@ -95,6 +113,16 @@ def _head_ranges(num_heads: int, num_kv_heads: int, world_size: int) -> list[tup
     return out
 
 
+def expert_ranges(num_experts: int, world_size: int) -> list[Range]:
+    """Expert parallel: equal contiguous ranges of whole experts, one per rank."""
+    if num_experts % world_size:
+        raise ShardingError(
+            f"{num_experts} experts cannot be split evenly over {world_size} ranks: "
+            f"--tensor-parallel-size must divide the expert count {num_experts}")
+    size = num_experts // world_size
+    return [(rank * size, (rank + 1) * size) for rank in range(world_size)]
+
+
 def plan_shards(
     config: ModelConfig,
     world_size: int,
@@ -107,23 +135,20 @@ def plan_shards(
         raise ShardingError(f"tensor parallel size must be >= 1, got {world_size}")
     if world_size > config.num_heads:
         raise ShardingError(f"{config.num_heads} attention heads cannot be split over {world_size} ranks")
-    if config.ffn_size % ffn_down_block:
-        raise ShardingError(f"ffn width {config.ffn_size} is not whole {ffn_down_block}-column blocks")
-    num_ffn_units = config.ffn_size // ffn_down_block
-    if num_ffn_units < world_size:
-        raise ShardingError(
-            f"ffn width {config.ffn_size} holds {num_ffn_units} blocks of {ffn_down_block} columns: "
-            f"too few for {world_size} ranks")
     heads = _head_ranges(config.num_heads, config.num_kv_heads, world_size)
-    ffn = even_split(num_ffn_units, world_size)
     vocab = even_split(num_vocab_rows, world_size)
+    if "num_experts" in config.extra:  # every rank keeps the whole width of its own experts
+        experts: list[Range | None] = expert_ranges(int(config.extra["num_experts"]), world_size)
+        ffn = [(0, config.ffn_size)] * world_size
+    else:
+        experts = [None] * world_size
+        ffn = _ffn_ranges(config.ffn_size, ffn_down_block, world_size)
     plans = []
     for rank in range(world_size):
         q_heads, kv_heads = heads[rank]
         plan = ShardPlan(rank=rank, world_size=world_size, head_dim=config.head_dim,
                          q_heads=q_heads, kv_heads=kv_heads,
-                         ffn=(ffn[rank][0] * ffn_down_block, ffn[rank][1] * ffn_down_block),
-                         vocab=vocab[rank])
+                         ffn=ffn[rank], vocab=vocab[rank], experts=experts[rank])
         begin, end = plan.q_columns
         if begin % attn_output_block or end % attn_output_block:
             raise ShardingError(

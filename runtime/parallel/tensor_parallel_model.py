@@ -11,6 +11,7 @@ from typing import Any
 from ...kernels.batch import AttentionBatch
 from ..log import log_event
 from ..models.weights import ProgressCallback
+from .block_slicing import ShardingError
 from .communicator import CommunicatorError
 from .communicator_specs import build_communicator, make_specs
 from .rank_model import load_rank_model, plan_for_file
@@ -21,6 +22,13 @@ from .worker_group import TensorParallelFailure, WorkerGroup
 class TensorParallelModel:
     def __init__(self, gguf_file: Any, ops: Any, device: str, world_size: int,
                  on_progress: ProgressCallback | None = None) -> None:
+        # An unsplittable file fails here, before any spawn.
+        _, _, plans = plan_for_file(gguf_file, world_size)
+        if device != "cpu" and plans[0].experts is not None:
+            raise ShardingError(
+                "expert parallelism (MoE experts split over ranks) runs on --device cpu only: the "
+                "CUDA MoE kernels compute every expert (kernels/cuda/moe.py); use "
+                "--tensor-parallel-size 1 on the GPU")
         if device == "cuda":
             import cupy
 
@@ -30,7 +38,6 @@ class TensorParallelModel:
                                  f"{num_gpus} visible")
         self.ops = ops
         self.world_size = world_size
-        plan_for_file(gguf_file, world_size)  # an unsplittable file fails here, before any spawn
         specs = make_specs(device, world_size)
         self.group = WorkerGroup(gguf_file.path, device, world_size, specs[1:])
         try:
