@@ -2,8 +2,8 @@
 # GPU baseline for docs/benchmarks.md ("CUDA (H100)"): cupyserve vs llama.cpp b11434 (CUDA, flash
 # attention on) on a random-weight GGUF of a real shape, in one device-tool call.
 #
-# Device tool: kind nvidia-h100-x1, carry [".whl", ".llamacpp"] where .whl holds the gguf and
-# orjson wheels and .llamacpp holds llama.cpp-cuda-sm90-b11434.tar.xz (from shared/tools):
+# Device tool: kind nvidia-h100-x1, carry [".whl", ".llamacpp"] where .whl holds the wheels of
+# benchmarks/gpu_env.sh and .llamacpp holds llama.cpp-cuda-sm90-b11434.tar.xz (from shared/tools):
 #     bash benchmarks/cuda_baseline.sh [SHAPE]      (SHAPE default smollm2-135m-q4_1)
 # Every piece has its own timeout, so a slow or failing piece loses only its own numbers.
 # Outputs (logs + JSON) go to $OUT (default /tmp/cuda_baseline_out).
@@ -11,17 +11,8 @@ set -u
 SHAPE=${1:-smollm2-135m-q4_1}
 OUT=${OUT:-/tmp/cuda_baseline_out}
 mkdir -p "$OUT"
-REPO=$PWD
-export PYTHONUNBUFFERED=1
-
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl || exit 1
-mkdir -p /tmp/pkg/cupyserve
-for d in server runtime kernels configs; do ln -sfn "$REPO/$d" "/tmp/pkg/cupyserve/$d"; done
-export PYTHONPATH=/tmp/pkg:/tmp/site
-LL=/tmp/llcpp
-mkdir -p $LL && tar xJf .llamacpp/llama.cpp-cuda-sm90-b11434.tar.xz -C $LL || exit 1
-LLB=$LL/llama.cpp-cuda
+. benchmarks/gpu_env.sh || exit 1
+. benchmarks/llamacpp_env.sh || exit 1
 
 {
   date -u +%FT%TZ

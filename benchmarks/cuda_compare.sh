@@ -12,9 +12,7 @@ set -u
 OUT=${OUT:-/tmp/cuda_compare_out}
 mkdir -p "$OUT" /tmp/models
 . benchmarks/gpu_env.sh || exit 1
-LL=/tmp/llcpp
-mkdir -p $LL && tar xJf .llamacpp/llama.cpp-cuda-sm90-b11434.tar.xz -C $LL || exit 1
-LLB=$LL/llama.cpp-cuda
+. benchmarks/llamacpp_env.sh || exit 1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
 SHAPES=${*:-smollm2-135m-q4_1 qwen2.5-0.5b-q4_k llama3.2-1b-q4_k}
 for SHAPE in $SHAPES; do

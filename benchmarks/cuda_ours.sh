@@ -3,14 +3,14 @@
 # benchmarks/cuda_baseline.sh on a random-weight GGUF of SHAPE, for comparing a change against
 # the llama.cpp numbers already recorded in docs/benchmarks.md ("CUDA (H100)").
 #
-# Device tool: kind nvidia-h100-x1, carry [".whl"] (gguf and orjson wheels); PYTHONPATH must
-# already give `cupyserve` (see docs/cuda.md):  bash benchmarks/cuda_ours.sh [SHAPE]
+# Device tool: kind nvidia-h100-x1, carry [".whl"] (the wheels of benchmarks/gpu_env.sh):
+#     bash benchmarks/cuda_ours.sh [SHAPE]
 # Outputs (logs + JSON) go to $OUT (default /tmp/cuda_ours_out).
 set -u
 SHAPE=${1:-smollm2-135m-q4_1}
 OUT=${OUT:-/tmp/cuda_ours_out}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
+. benchmarks/gpu_env.sh || exit 1
 M=/tmp/models/$SHAPE.gguf
 mkdir -p /tmp/models
 timeout 120 python3 benchmarks/make_random_gguf.py "$SHAPE" "$M" || exit 1

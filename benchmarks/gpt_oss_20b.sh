@@ -24,9 +24,7 @@ cap() {
 step() { echo "=== $* ($(($(date +%s) - START)) s)"; }
 
 . benchmarks/gpu_env.sh || exit 1
-LL=/tmp/llcpp
-mkdir -p $LL && tar xJf .llamacpp/llama.cpp-cuda-sm90-b11434.tar.xz -C $LL || exit 1
-LLB=$LL/llama.cpp-cuda
+. benchmarks/llamacpp_env.sh || exit 1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/machine.txt"
 df -h /tmp | tail -1 | tee -a "$OUT/machine.txt"
 
