@@ -26,6 +26,18 @@ def backend_under_test() -> str:
     return device
 
 
+def xfail_unless_batch_invariant(test):
+    """Mark a test that needs a request's tokens to be the same alone and in any batch: the NumPy
+    backend guarantees it, the CUDA backend does not (its rounding depends on the batch; see
+    docs/cuda.md), so there the test is an expected, reported failure."""
+    import pytest
+
+    return pytest.mark.xfail(backend_under_test() == "cuda", strict=False,
+                             reason="the CUDA backend is not batch invariant: a row's rounding depends "
+                                    "on the batch it runs in (linear path and attention split), see "
+                                    "docs/cuda.md")(test)
+
+
 def require_gpu():
     """The `cupy` module when CuPy imports and sees a GPU; otherwise skip the calling test (CI has
     no GPU, so GPU tests must skip cleanly, never fail)."""

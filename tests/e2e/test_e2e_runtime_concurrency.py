@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from runtime_support import assert_healthy_and_idle, sse_payloads
-from testdata import backend_under_test
+from testdata import xfail_unless_batch_invariant
 
 pytestmark = pytest.mark.e2e
 
@@ -71,9 +71,7 @@ async def concurrent_client(client: httpx.AsyncClient, index: int) -> tuple[str,
     return text, False
 
 
-@pytest.mark.xfail(backend_under_test() == "cuda", strict=False,
-                   reason="the CUDA backend is not batch invariant: a row's rounding depends on the "
-                          "batch it runs in (linear path and attention split), see docs/cuda.md")
+@xfail_unless_batch_invariant
 def test_32_concurrent_streams_match_solo_runs_and_disconnects_free_blocks(runtime_server):
     with httpx.Client(base_url=runtime_server.url, timeout=300.0) as http:
         solo = [solo_text(http, client_body(i)) for i in range(NUM_CLIENTS)]

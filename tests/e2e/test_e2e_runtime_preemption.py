@@ -15,7 +15,7 @@ import pytest
 
 from runtime_support import assert_healthy_and_idle, completion_text, metric_value, start_runtime_server
 from server_process import stop_server
-from testdata import backend_under_test
+from testdata import xfail_unless_batch_invariant
 
 pytestmark = pytest.mark.e2e
 
@@ -37,9 +37,7 @@ def small_pool_server(smollm2_gguf, tmp_path_factory):
     assert code == 0, running.log_tail()
 
 
-@pytest.mark.xfail(backend_under_test() == "cuda", strict=False,
-                   reason="the CUDA backend is not batch invariant: a row's rounding depends on the "
-                          "batch it runs in (linear path and attention split), see docs/cuda.md")
+@xfail_unless_batch_invariant
 def test_small_pool_preempts_and_every_request_matches_its_solo_run(small_pool_server):
     with httpx.Client(base_url=small_pool_server.url, timeout=300.0) as http:
         health = http.get("/health").json()

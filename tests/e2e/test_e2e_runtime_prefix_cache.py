@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from runtime_support import assert_healthy_and_idle, metric_value
-from testdata import backend_under_test
+from testdata import xfail_unless_batch_invariant
 
 pytestmark = pytest.mark.e2e
 
@@ -34,9 +34,7 @@ def chat(http, question: str) -> tuple[str, int]:
     return body["choices"][0]["message"]["content"], body["usage"]["prompt_tokens"]
 
 
-@pytest.mark.xfail(backend_under_test() == "cuda", strict=False,
-                   reason="the CUDA backend is not batch invariant: a row's rounding depends on the "
-                          "batch it runs in (linear path and attention split), see docs/cuda.md")
+@xfail_unless_batch_invariant
 def test_shared_system_prompt_hits_prefix_cache_with_the_same_output(runtime_server, runtime_http):
     http = runtime_http
     system_tokens = http.post("/tokenize", json={"messages": [{"role": "system", "content": SYSTEM_PROMPT}]}).json()["count"]
