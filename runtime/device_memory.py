@@ -79,7 +79,7 @@ def step_reserve_bytes(hidden_size: int, ffn_size: int, vocab_size: int, max_num
     width = max(hidden_size, 2 * ffn_size)
     activations = 8 * max_num_batched_tokens * width * 4
     logits = max_num_seqs * vocab_size * 4
-    graphs = sum(bucket_sizes(max_num_seqs)) * vocab_size * 4 + activations // 4 if is_using_graphs else 0
+    graphs = (sum(bucket_sizes(max_num_seqs)) * vocab_size * 4 + activations // 4) if is_using_graphs else 0
     return BASE_RESERVE_BYTES + activations + logits + graphs
 
 
