@@ -11,17 +11,9 @@
 # to /tmp/models/gpt-oss-20b.gguf (kept if already there, so a second call skips the writing).
 set -u
 OUT=${OUT:-/tmp/gpt_oss_20b_out}
-BUDGET_S=${BUDGET_S:-530}
-START=$(date +%s)
 M=/tmp/models/gpt-oss-20b.gguf
 mkdir -p "$OUT" /tmp/models
-
-# timeout of at most $1 seconds, never past the budget (at least 1 s, so the step reports).
-cap() {
-  local left=$((BUDGET_S - ($(date +%s) - START)))
-  if [ "$left" -lt "$1" ]; then echo $((left > 1 ? left : 1)); else echo "$1"; fi
-}
-step() { echo "=== $* ($(($(date +%s) - START)) s)"; }
+. benchmarks/budget_env.sh
 
 . benchmarks/gpu_env.sh || exit 1
 . benchmarks/llamacpp_env.sh || exit 1

@@ -10,7 +10,7 @@ so both cupyserve and llama.cpp load it; prompts for benchmarks are token ids an
     python benchmarks/make_random_gguf.py smollm2-135m-q4_1 /tmp/smollm2-random.gguf
 
 Shapes: smollm2-135m-q4_1 (the real SmolLM2-135M-Instruct Q4_1 layout: Q4_1 layer matrices,
-Q8_0 tied token_embd, F32 norms), qwen2.5-0.5b-q4_k and llama3.2-1b-q4_k (llama.cpp's Q4_K_M
+Q8_0 tied token_embd, F32 norms), qwen2.5-0.5b-q4_k, llama3.2-1b-q4_k and llama3.1-8b-q4_k (llama.cpp's Q4_K_M
 recipe: Q4_K, Q6_K for attn_v/ffn_down in the layers use_more_bits picks and for the
 output/embedding, and the Q5_0/Q8_0 fallbacks where a row is not a multiple of 256).
 Needs numpy and the gguf package only.
@@ -59,6 +59,11 @@ SHAPES = {
                                special=("<|endoftext|>", "<|im_start|>", "<|im_end|>"), bos=0, eos=2),
     "llama3.2-1b-q4_k": Shape("llama", 16, 2048, 8192, 32, 8, 64, 128256, 500000.0, 1e-5, 131072,
                               T.Q4_K, T.Q6_K, q4_k_m=True,
+                              special=("<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"),
+                              bos=0, eos=2),
+    # Llama-3.1-8B Q4_K_M: untied Q6_K output, Q4_K token_embd (no rope_freqs: speed only).
+    "llama3.1-8b-q4_k": Shape("llama", 32, 4096, 14336, 32, 8, 128, 128256, 500000.0, 1e-5, 131072,
+                              T.Q4_K, T.Q4_K, tied=False, q4_k_m=True,
                               special=("<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"),
                               bos=0, eos=2),
 }

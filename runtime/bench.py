@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="context length of the engine (default: the model's)")
     offline.add_argument("--enforce-eager", action="store_true",
                          help="no CUDA graphs: every decode step launches its kernels from Python")
+    offline.add_argument("--tensor-parallel-size", type=int, default=1,
+                         help="split the model over this many GPUs (or CPU processes)")
     offline.add_argument("--json", default=None, help="also write the results to this JSON file")
     serving = sub.add_parser("serving", help="TTFT / inter-token latency against a running server")
     serving.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
@@ -96,7 +98,8 @@ def offline_main(args: argparse.Namespace) -> int:
     engine = LLMEngine(EngineArgs(model=args.model, device=args.device, max_num_seqs=max(levels),
                                   max_num_batched_tokens=max(args.max_num_batched_tokens, max(levels)),
                                   enable_prefix_caching=False, enforce_eager=args.enforce_eager,
-                                  max_model_len=args.max_model_len))
+                                  max_model_len=args.max_model_len,
+                                  tensor_parallel_size=args.tensor_parallel_size))
     run_offline(engine, 1, 16, 4, args.seed)  # warm-up: kernel compilation, allocator, caches
     results = []
     for num_seqs in levels:

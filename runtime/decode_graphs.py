@@ -16,7 +16,7 @@ Query starts (0..b) and the logits rows (all b) never change and are set once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence as SequenceOf
+from typing import Any, Callable, Sequence as SequenceOf
 
 import numpy as np
 
@@ -30,6 +30,16 @@ def bucket_sizes(max_num_seqs: int) -> list[int]:
     """The buckets captured for a server running at most `max_num_seqs` sequences per step."""
     sizes = [b for b in BUCKETS if b < max_num_seqs]
     return sizes + [max_num_seqs]
+
+
+@dataclass(frozen=True)
+class DecodeInputs:
+    """One decode step's inputs as host arrays, as rank 0 sends them to the other ranks."""
+
+    size: int  # the bucket
+    head: np.ndarray  # [3 * size] int32: tokens, positions, context lengths
+    tables: np.ndarray  # [size, used columns] int32: block tables
+    slots: np.ndarray  # [size] int64: KV slots (-1 on padding rows)
 
 
 @dataclass
@@ -52,8 +62,11 @@ class DecodeGraphs:
     """Captures the model's decode forward pass per bucket and replays it for decode steps."""
 
     def __init__(self, model: Any, ops: Any, kv_cache: Any, max_num_seqs: int,
-                 max_blocks_per_seq: int) -> None:
+                 max_blocks_per_seq: int,
+                 on_replay: Callable[[DecodeInputs], None] | None = None) -> None:
+        """`on_replay` (tensor parallel, rank 0) gets each step's inputs before the replay."""
         self.model = model
+        self.on_replay = on_replay
         self.ops = ops
         self.kv_cache = kv_cache
         self.block_size = kv_cache.block_size
@@ -122,16 +135,37 @@ class DecodeGraphs:
             num_table_columns = max(num_table_columns, len(table))
             slots[row] = table[position // block_size] * block_size + position % block_size
         self._fill_padding(bucket, num_seqs)
+        if self.on_replay is not None:
+            head = 3 * bucket.size
+            self.on_replay(DecodeInputs(bucket.size, bucket.host_int32[:head].copy(),
+                                        tables[:, :num_table_columns].copy(), slots.copy()))
+        return self._replay(bucket, num_table_columns)[:num_seqs]
+
+    def replay_inputs(self, inputs: DecodeInputs) -> None:
+        """Replay with another rank's step inputs (tensor parallel: ranks 1..N-1 follow rank 0's
+        decode steps; the graphs' collectives meet rank 0's)."""
+        bucket = self.buckets[inputs.size]
+        # The pinned buffers may still feed the previous replay's copies: let them finish first.
+        self.ops.synchronize()
+        head = 3 * bucket.size
+        num_table_columns = inputs.tables.shape[1]
+        bucket.host_int32[:head] = inputs.head
+        bucket.views(bucket.host_int32, self.max_blocks)[3][:, :num_table_columns] = inputs.tables
+        bucket.host_slots[:] = inputs.slots
+        self._replay(bucket, num_table_columns)
+
+    def _replay(self, bucket: _Bucket, num_table_columns: int) -> Any:  # -> [size, vocab] logits
         # Only the table columns some row uses cross (one pitched copy); entries past a row's own
         # blocks keep stale values on the device, which no kernel reads (context lengths bound reads).
         head = 3 * bucket.size
+        tables = bucket.views(bucket.host_int32, self.max_blocks)[3]
         device_tables = bucket.views(bucket.device_int32, self.max_blocks)[3]
         logits = bucket.graph.replay([
             (bucket.device_int32[:head], bucket.host_int32[:head]),
             (device_tables[:, :num_table_columns], tables[:, :num_table_columns]),
-            (bucket.device_slots, slots)])
+            (bucket.device_slots, bucket.host_slots)])
         self.num_replays += 1
-        return logits[:num_seqs]
+        return logits
 
     def num_bytes(self) -> int:
         return self.pool.num_bytes()

@@ -86,6 +86,7 @@ class LLMEngine:
         self.memory.hold_graphs(self.decode_graphs)
         self.memory.watch_residency(lambda: [self.model, self.kv_cache.layers])
         self.runner = ModelRunner(self.model, self.ops, self.kv_cache, self.decode_graphs)
+        self.check_step = getattr(self.model, "check_step", None)
         self.sampler = Sampler(self.config.vocab_size, self.ops.sampling)
         self.metrics = engine_metrics()
         self.metrics.model_info.labels(model=self.model_name, family=self.config.family,
@@ -117,15 +118,17 @@ class LLMEngine:
 
     def _capture_decode_graphs(self):
         """CUDA graphs of the decode step per batch bucket (None on CPU or with enforce_eager)."""
-        # A tensor-parallel forward talks to the other ranks from Python: not capturable.
-        if (self.args.enforce_eager or self.args.tensor_parallel_size > 1
-                or not getattr(self.ops, "supports_graphs", False)):
+        if self.args.enforce_eager or not getattr(self.ops, "supports_graphs", False):
             return None
         from .decode_graphs import DecodeGraphs
 
         start = time.monotonic()
-        graphs = DecodeGraphs(self.model, self.ops, self.kv_cache, self.args.max_num_seqs,
-                              -(-self.max_model_len // self.args.block_size))
+        max_blocks_per_seq = -(-self.max_model_len // self.args.block_size)
+        if self.args.tensor_parallel_size > 1:  # every rank captures (runtime/parallel/graph_sync.py)
+            graphs = self.model.capture_decode_graphs(self.kv_cache, self.args.max_num_seqs, max_blocks_per_seq)
+        else:
+            graphs = DecodeGraphs(self.model, self.ops, self.kv_cache, self.args.max_num_seqs,
+                                  max_blocks_per_seq)
         log_event("cuda_graphs_ready", seconds=round(time.monotonic() - start, 3),
                   buckets=graphs.sizes, graph_bytes=graphs.num_bytes())
         return graphs
@@ -286,6 +289,8 @@ class LLMEngine:
                 return self._fail_step(states, exc)
             for (i, entry), result in zip(sampling, results):
                 sampled[entry.request_id] = result.token_id
+        if self.check_step is not None:
+            self.check_step()  # tensor parallel: a rank that died during the step voids it
         logprob_by_id = {}
         if sampling:
             logprob_by_id = {entry.request_id: r.logprob for (_, entry), r in zip(sampling, results)}

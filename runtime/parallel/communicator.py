@@ -25,8 +25,10 @@ class Communicator(ABC):
         """Element-wise sum over ranks of same-shaped arrays; every rank gets the sum."""
 
     @abstractmethod
-    def all_gather(self, x: Any, axis: int) -> Any:
-        """Every rank's array concatenated along `axis` in rank order; only that axis may differ."""
+    def all_gather(self, x: Any, axis: int, sizes: list[int] | None = None) -> Any:
+        """Every rank's array concatenated along `axis` in rank order; only that axis may differ.
+        `sizes` (every rank's length along `axis`, when the caller knows them) spares the
+        exchange of lengths, a host round trip that a CUDA graph cannot hold."""
 
     @abstractmethod
     def broadcast(self, x: Any, root: int = 0) -> Any:

@@ -1,8 +1,8 @@
 """Collectives over NCCL (`cupy.cuda.nccl`) between GPU ranks, one GPU per process.
 
-Written to the `Communicator` interface; only a single-rank smoke test has run (no multi-GPU
-machine was lent while it was written): see docs/tensor_parallel.md. Operations are enqueued on
-the current CuPy stream, like the kernels around them. A dead peer makes NCCL wait forever, so
+Written to the `Communicator` interface (docs/tensor_parallel.md). Operations are enqueued on
+the current CuPy stream, like the kernels around them, and can be captured in a CUDA graph
+(decode steps: runtime/parallel/graph_sync.py) when no host value is read back. A dead peer makes NCCL wait forever, so
 the rank-0 monitor calls `abort()` (ncclCommAbort, which may be called from another thread)
 when it sees a worker process exit; the blocked collective then fails.
 """
@@ -62,9 +62,12 @@ class NcclCommunicator(Communicator):
         self.comm.allGather(x.data.ptr, out.data.ptr, x.size, self._nccl_type(x), self._stream())
         return out
 
-    def all_gather(self, x: Any, axis: int) -> Any:
+    def all_gather(self, x: Any, axis: int, sizes: list[int] | None = None) -> Any:
         cp = self.cp
-        sizes = self._gather_equal(cp.asarray([x.shape[axis]], dtype=cp.int64)).get().ravel()
+        if sizes is None:
+            sizes = self._gather_equal(cp.asarray([x.shape[axis]], dtype=cp.int64)).get().ravel()
+        elif len(sizes) != self.world_size or sizes[self.rank] != x.shape[axis]:
+            raise ValueError(f"all_gather: sizes {sizes} do not fit rank {self.rank}'s {x.shape[axis]}")
         front = cp.moveaxis(x, axis, 0)  # NCCL concatenates flat buffers: gather on axis 0
         padded = cp.zeros((int(sizes.max()), *front.shape[1:]), dtype=x.dtype)
         padded[: front.shape[0]] = front

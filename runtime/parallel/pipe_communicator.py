@@ -89,7 +89,7 @@ class PipeCommunicator(Communicator):
 
         return self._combine("all_reduce_sum", np.asarray(x), add_in_rank_order)
 
-    def all_gather(self, x: np.ndarray, axis: int) -> np.ndarray:
+    def all_gather(self, x: np.ndarray, axis: int, sizes: list[int] | None = None) -> np.ndarray:
         return self._combine(f"all_gather{axis}", np.asarray(x),
                              lambda parts: np.concatenate(parts, axis=axis))
 

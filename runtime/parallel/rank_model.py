@@ -32,6 +32,7 @@ def load_rank_model(gguf_file: Any, ops: Any, rank: int, world_size: int,
                     communicator: Communicator, on_progress: ProgressCallback | None = None) -> Any:
     """Rank `rank`'s model: only its slices of the file are read and loaded."""
     config, family, plans = plan_for_file(gguf_file, world_size)
-    view = ShardedGGUFFile(gguf_file, family, config, RankShard(plans[rank], communicator))
+    vocab_sizes = [end - begin for begin, end in (p.vocab for p in plans)]
+    view = ShardedGGUFFile(gguf_file, family, config, RankShard(plans[rank], communicator, vocab_sizes))
     module = importlib.import_module(f"{models.__name__}.{family.module}")
     return module.MODEL_CLASS(config, family, view, ops, on_progress)

@@ -9,9 +9,11 @@ from .shard_plan import ShardPlan
 
 
 class RankShard:
-    def __init__(self, plan: ShardPlan, communicator: Communicator) -> None:
+    def __init__(self, plan: ShardPlan, communicator: Communicator,
+                 vocab_sizes: list[int] | None = None) -> None:
         self.plan = plan
         self.communicator = communicator
+        self.vocab_sizes = vocab_sizes  # every rank's vocab rows, in rank order (known at load)
 
     def reduce_partial(
         self,
@@ -39,4 +41,4 @@ class RankShard:
         self,
         logits: Any,  # [num_logits, vocab slice] float32
     ) -> Any:  # [num_logits, vocab_size] float32, identical on every rank
-        return self.communicator.all_gather(logits, axis=1)
+        return self.communicator.all_gather(logits, axis=1, sizes=self.vocab_sizes)

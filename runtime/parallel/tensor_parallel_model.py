@@ -14,6 +14,7 @@ from ..models.weights import ProgressCallback
 from .block_slicing import ShardingError
 from .communicator import CommunicatorError
 from .communicator_specs import build_communicator, make_specs
+from .graph_sync import GraphSpec
 from .rank_model import load_rank_model, plan_for_file
 from .step_plan import StepPlan
 from .worker_group import TensorParallelFailure, WorkerGroup
@@ -83,6 +84,32 @@ class TensorParallelModel:
             return self.model.forward(token_ids, batch, kv_caches, logits_indices)
         except CommunicatorError as exc:
             raise TensorParallelFailure(self.group.mark_failed(f"tensor-parallel collective failed: {exc}")) from None
+
+    def capture_decode_graphs(self, kv_cache: Any, max_num_seqs: int, max_blocks_per_seq: int) -> Any:
+        """Every rank captures decode graphs of its shard (graph_sync.py); returns rank 0's
+        `DecodeGraphs`, whose replays first send their inputs to the other ranks."""
+        from ..decode_graphs import DecodeGraphs
+
+        self.group.send("capture", GraphSpec(kv_cache.num_blocks, kv_cache.block_size, max_num_seqs,
+                                             max_blocks_per_seq))
+        try:
+            graphs = DecodeGraphs(self.model, self.ops, kv_cache, max_num_seqs, max_blocks_per_seq,
+                                  on_replay=self._send_decode)
+            self.num_graph_bytes_per_rank = [graphs.num_bytes(), *self.group.collect("captured", "capturing graphs")]
+        except CommunicatorError as exc:
+            raise TensorParallelFailure(self.group.mark_failed(f"tensor-parallel collective failed: {exc}")) from None
+        return graphs
+
+    def _send_decode(self, inputs: Any) -> None:
+        if self.failure is not None:
+            raise TensorParallelFailure(self.failure)
+        self.group.send("decode", inputs)
+
+    def check_step(self) -> None:
+        """Raise if the group failed during the step just run (its results may be garbage: an
+        aborted collective returns without the peers' terms). Call after the step's host sync."""
+        if self.failure is not None:
+            raise TensorParallelFailure(self.failure)
 
     def close(self) -> None:
         """Stop the workers and release the communicator; idempotent."""

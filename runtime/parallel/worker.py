@@ -1,5 +1,6 @@
 """The process of one tensor-parallel rank other than 0: load its shard, then run the forward
-of every step plan rank 0 sends, until told to stop or rank 0 goes away.
+of every step plan rank 0 sends (eager steps), or capture and replay decode graphs as rank 0
+does (runtime/parallel/graph_sync.py), until told to stop or rank 0 goes away.
 
 Any error makes the worker exit non-zero after telling rank 0 why; rank 0's monitor then fails
 the group (a rank that cannot run its part would desynchronize the collectives anyway).
@@ -34,6 +35,7 @@ def worker_main(rank: int, world_size: int, model_path: str, device: str, contro
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from ...kernels import get_ops
     from ..gguf_loader import GGUFFile
+    from ..decode_graphs import DecodeGraphs
     from ..kv_cache import KVCache
     from ..log import log_event
     from .communicator_specs import build_communicator
@@ -46,18 +48,27 @@ def worker_main(rank: int, world_size: int, model_path: str, device: str, contro
         communicator = build_communicator(comm_spec, rank, world_size)
         model = load_rank_model(GGUFFile.open(model_path), ops, rank, world_size, communicator)
         control.send(("ready", model.num_weight_bytes))
-        kv_cache = None
+        kv_cache = graphs = None
         while True:
             try:
-                kind, plan = control.recv()
+                kind, message = control.recv()
             except EOFError:  # rank 0 is gone
                 return
             if kind == "close":
                 return
-            shape = (plan.num_kv_blocks, plan.kv_block_size)
+            if kind == "decode":  # a decode step replayed from this rank's graphs
+                graphs.replay_inputs(message)
+                continue
+            # A StepPlan and a GraphSpec both carry rank 0's KV pool shape.
+            shape = (message.num_kv_blocks, message.kv_block_size)
             if kv_cache is None or (kv_cache.num_blocks, kv_cache.block_size) != shape:
                 kv_cache = KVCache.allocate(model.layout, ops, *shape)
-            token_ids, batch, logits_indices = plan.upload(ops)
+            if kind == "capture":
+                graphs = DecodeGraphs(model, ops, kv_cache, message.max_num_seqs,
+                                      message.max_blocks_per_seq)
+                control.send(("captured", graphs.num_bytes()))
+                continue
+            token_ids, batch, logits_indices = message.upload(ops)
             model.forward(token_ids, batch, kv_cache.layers, logits_indices)
     except Exception as exc:  # noqa: BLE001 - reported to rank 0, then the process fails
         log_event("error", kind="tensor_parallel_worker", rank=rank, message=repr(exc))

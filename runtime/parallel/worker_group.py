@@ -1,7 +1,7 @@
 """Rank 0's handle on ranks 1..N-1: spawns one process per rank, sends each step plan, watches
 the processes, and stops them.
 
-Control messages (`("step", StepPlan)`, `("close", None)`) go over one pipe per worker; the
+Control messages (`WorkerGroup.send`) go over one pipe per worker; the
 collectives use the communicator, which is separate so that the NCCL path can keep its data on
 the GPUs while the step plan (small, host-side) still travels by pipe.
 """
@@ -58,24 +58,33 @@ class WorkerGroup:
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> list[int]:
         """Block until every worker loaded its shard; returns their weight bytes. Raises
         TensorParallelFailure with the worker's own error when one fails to load."""
-        num_bytes = []
+        return [int(v) for v in self.collect("ready", "loading the shard", timeout_s)]
+
+    def collect(self, kind: str, doing: str, timeout_s: float = READY_TIMEOUT_S) -> list[Any]:
+        """Each worker's next reply, which must be `(kind, value)`; returns the values in rank order."""
+        values = []
         for rank, conn in enumerate(self.controls, start=1):
             try:
                 if not conn.poll(timeout_s):
-                    raise TensorParallelFailure(f"rank {rank} did not load its shard in {timeout_s:g} s")
-                kind, value = conn.recv()
+                    raise TensorParallelFailure(f"rank {rank} did not finish {doing} in {timeout_s:g} s")
+                got, value = conn.recv()
             except (EOFError, OSError):
                 code = self.processes[rank - 1].exitcode
-                raise TensorParallelFailure(f"rank {rank} exited while loading (exit code {code})") from None
-            if kind != "ready":
-                raise TensorParallelFailure(f"loading the shard failed on {value}")
-            num_bytes.append(int(value))
-        return num_bytes
+                raise TensorParallelFailure(f"rank {rank} exited while {doing} (exit code {code})") from None
+            if got != kind:
+                raise TensorParallelFailure(f"{doing} failed on {value}")
+            values.append(value)
+        return values
 
     def send_step(self, plan: Any) -> None:
+        self.send("step", plan)
+
+    def send(self, kind: str, value: Any) -> None:
+        """One control message to every worker: ("step", StepPlan), ("capture", GraphSpec),
+        ("decode", DecodeInputs) or ("close", None)."""
         for rank, conn in enumerate(self.controls, start=1):
             try:
-                conn.send(("step", plan))
+                conn.send((kind, value))
             except (OSError, ValueError) as exc:
                 raise TensorParallelFailure(self.mark_failed(f"rank {rank} is gone: {exc!r}")) from None
 

@@ -53,8 +53,8 @@ def one_blas_thread_per_worker(monkeypatch):
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
 
 
-def make_engine(path: Path, tensor_parallel_size: int) -> LLMEngine:
-    return LLMEngine(EngineArgs(model=str(path), device="cpu", max_model_len=128, max_num_seqs=4,
+def make_engine(path: Path, tensor_parallel_size: int, device: str = "cpu") -> LLMEngine:
+    return LLMEngine(EngineArgs(model=str(path), device=device, max_model_len=128, max_num_seqs=4,
                                 kv_cache_memory=8 << 20, enable_prefix_caching=False,
                                 tensor_parallel_size=tensor_parallel_size))
 
@@ -73,8 +73,8 @@ def generate(engine: LLMEngine, prompts: list[str]) -> dict[str, list]:
     return steps
 
 
-def run(path: Path, tensor_parallel_size: int) -> dict[str, list]:
-    engine = make_engine(path, tensor_parallel_size)
+def run(path: Path, tensor_parallel_size: int, device: str = "cpu") -> dict[str, list]:
+    engine = make_engine(path, tensor_parallel_size, device)
     try:
         return generate(engine, PROMPTS)
     finally:
