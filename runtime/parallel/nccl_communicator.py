@@ -65,11 +65,11 @@ class NcclCommunicator(Communicator):
     def all_gather(self, x: Any, axis: int, sizes: list[int] | None = None) -> Any:
         cp = self.cp
         if sizes is None:
-            sizes = self._gather_equal(cp.asarray([x.shape[axis]], dtype=cp.int64)).get().ravel()
+            sizes = self._gather_equal(cp.asarray([x.shape[axis]], dtype=cp.int64)).get().ravel().tolist()
         elif len(sizes) != self.world_size or sizes[self.rank] != x.shape[axis]:
             raise ValueError(f"all_gather: sizes {sizes} do not fit rank {self.rank}'s {x.shape[axis]}")
         front = cp.moveaxis(x, axis, 0)  # NCCL concatenates flat buffers: gather on axis 0
-        padded = cp.zeros((int(sizes.max()), *front.shape[1:]), dtype=x.dtype)
+        padded = cp.zeros((int(max(sizes)), *front.shape[1:]), dtype=x.dtype)
         padded[: front.shape[0]] = front
         gathered = self._gather_equal(padded)
         parts = [gathered[r, : int(sizes[r])] for r in range(self.world_size)]
@@ -92,6 +92,7 @@ class NcclCommunicator(Communicator):
             self.comm.abort()
 
     def close(self) -> None:
-        if not self.is_closed:
-            self.is_closed = True
-            self.comm.destroy()
+        # ncclCommAbort, not ncclCommDestroy: destroy waits for every peer to destroy too, and at
+        # shutdown rank 0 may have terminated a worker already (it then hung forever, found on
+        # the 2-GPU machine); abort releases this rank's resources without the peers.
+        self.abort()
