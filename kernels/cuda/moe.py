@@ -235,13 +235,13 @@ def _grouped_path(x, selected, k, tile_rows, gate_exps, up_exps, down_exps, bias
 
 def moe_ffn(
     x: cupy.ndarray,  # [num_tokens, hidden] float32
-    router_logits: cupy.ndarray,  # [num_tokens, num_experts] float32, router bias already added
-    gate_exps: ExpertWeights,  # [E, ffn, hidden]
-    gate_bias: cupy.ndarray | None,  # [E, ffn] float32
-    up_exps: ExpertWeights,  # [E, ffn, hidden]
-    up_bias: cupy.ndarray | None,  # [E, ffn] float32
-    down_exps: ExpertWeights,  # [E, hidden, ffn]
-    down_bias: cupy.ndarray | None,  # [E, hidden] float32
+    router_logits: cupy.ndarray,  # [num_tokens, E] float32 over all experts, router bias added
+    gate_exps: ExpertWeights,  # [L, ffn, hidden], L = E, or end - begin with expert_range
+    gate_bias: cupy.ndarray | None,  # [L, ffn] float32
+    up_exps: ExpertWeights,  # [L, ffn, hidden]
+    up_bias: cupy.ndarray | None,  # [L, ffn] float32
+    down_exps: ExpertWeights,  # [L, hidden, ffn]
+    down_bias: cupy.ndarray | None,  # [L, hidden] float32
     num_experts_used: int,
     swiglu_alpha: float = 1.702,
     swiglu_limit: float = 7.0,
