@@ -23,6 +23,14 @@ codes on the tensor-core path), and all sums are float32, so every path differs 
 reference only by summation order (and expf's last bit).
 `generated_rows` is accepted for API parity: each output row is computed by a kernel whose
 result does not depend on the other rows of its path (see docs/cuda.md).
+
+Expert parallelism (`expert_range=(begin, end)`, runtime/parallel): the expert tensors and biases
+hold global experts begin..end-1 only. Routing still ranks all the router logits, then writes
+local ids (global - begin) and -1 for a slot routed to another rank: the GEMV CTAs of such a
+pair exit after one load, the counting sort leaves it out (so no grouped-GEMM tile carries it),
+and moe_combine adds 0 * weight for it, the reference's exact zero. Launch shapes stay those of
+the whole op (the number of pairs a rank receives is a device value), so the grouped buffers
+keep room for every pair and the unused tiles exit at once.
 """
 from __future__ import annotations
 
@@ -108,14 +116,21 @@ def load_experts(
 def route(
     router_logits: cupy.ndarray,  # [num_tokens, num_experts] float32, contiguous
     num_experts_used: int,
+    expert_range: tuple[int, int] | None = None,  # [begin, end) of global ids held; None: all
 ) -> tuple[cupy.ndarray, cupy.ndarray]:  # expert ids [num_tokens, k] int32, weights [num_tokens, k] float32
+    """Top-k over all experts and their softmax weights (the reference's `route`). The ids are
+    local to `expert_range` (global - begin), -1 where the slot's expert lies outside it."""
     num_tokens, num_experts = router_logits.shape
+    begin, end = (0, num_experts) if expert_range is None else (int(v) for v in expert_range)
+    if not 0 <= begin < end <= num_experts:
+        raise ValueError(f"expert_range [{begin}, {end}) must be a non-empty part of 0..{num_experts}")
     selected = cupy.empty((num_tokens, num_experts_used), dtype=np.int32)
     weights = cupy.empty((num_tokens, num_experts_used), dtype=np.float32)
     if num_tokens:
         launch("moe_route.cu", "moe_route", (blocks_for(num_tokens, ROUTE_WARPS_PER_CTA),),
                (32 * ROUTE_WARPS_PER_CTA,), (router_logits, np.int32(num_tokens), np.int32(num_experts),
-                                             np.int32(num_experts_used), selected, weights))
+                                             np.int32(num_experts_used), np.int32(begin),
+                                             np.int32(end - begin), selected, weights))
     return selected, weights
 
 
@@ -130,11 +145,12 @@ def max_row_tiles(num_pairs: int, num_experts: int, tile_rows: int) -> int:
 
 
 def group_pairs(
-    selected: cupy.ndarray,  # [num_tokens, k] int32
-    num_experts: int,
+    selected: cupy.ndarray,  # [num_tokens, k] int32 local expert ids, -1: another rank's expert
+    num_experts: int,  # experts the rank holds
     tile_rows: int,
 ) -> tuple[cupy.ndarray, cupy.ndarray]:  # tile_expert [max_tiles] int32, sorted_pairs [max_tiles * tile_rows] int32
-    """Counting sort of the (token, slot) pairs by expert, on the device, into fixed-size buffers."""
+    """Counting sort of the (token, slot) pairs by expert, on the device, into fixed-size buffers;
+    pairs marked -1 are left out. The buffers are sized for every pair being the rank's."""
     num_pairs = selected.size
     max_tiles = max_row_tiles(num_pairs, num_experts, tile_rows)
     counters = cupy.zeros(2 * num_experts, dtype=np.int32)  # counts, then scatter cursors
@@ -206,10 +222,9 @@ def _grouped_matmul(
                grid, (GROUPED_THREADS,), head + (rounded,) + tail)
 
 
-def _grouped_path(x, selected, k, gate_exps, up_exps, down_exps, biases, alpha, limit):
+def _grouped_path(x, selected, k, tile_rows, gate_exps, up_exps, down_exps, biases, alpha, limit):
     num_pairs = selected.size
     ffn, hidden = gate_exps.out_features, down_exps.out_features
-    tile_rows = tile_rows_for(num_pairs, gate_exps.num_experts)
     grouping = (*group_pairs(selected, gate_exps.num_experts, tile_rows), tile_rows)
     h = cupy.empty((num_pairs, ffn), dtype=np.float32)
     _grouped_matmul(x, k, gate_exps, up_exps, grouping, biases[0], biases[1], alpha, limit, h)
@@ -220,19 +235,19 @@ def _grouped_path(x, selected, k, gate_exps, up_exps, down_exps, biases, alpha, 
 
 def moe_ffn(
     x: cupy.ndarray,  # [num_tokens, hidden] float32
-    router_logits: cupy.ndarray,  # [num_tokens, num_experts] float32, router bias already added
-    gate_exps: ExpertWeights,  # [E, ffn, hidden]
-    gate_bias: cupy.ndarray | None,  # [E, ffn] float32
-    up_exps: ExpertWeights,  # [E, ffn, hidden]
-    up_bias: cupy.ndarray | None,  # [E, ffn] float32
-    down_exps: ExpertWeights,  # [E, hidden, ffn]
-    down_bias: cupy.ndarray | None,  # [E, hidden] float32
+    router_logits: cupy.ndarray,  # [num_tokens, E] float32 over all experts, router bias added
+    gate_exps: ExpertWeights,  # [L, ffn, hidden], L = E, or end - begin with expert_range
+    gate_bias: cupy.ndarray | None,  # [L, ffn] float32
+    up_exps: ExpertWeights,  # [L, ffn, hidden]
+    up_bias: cupy.ndarray | None,  # [L, ffn] float32
+    down_exps: ExpertWeights,  # [L, hidden, ffn]
+    down_bias: cupy.ndarray | None,  # [L, hidden] float32
     num_experts_used: int,
     swiglu_alpha: float = 1.702,
     swiglu_limit: float = 7.0,
     generated_rows=None,  # [num_tokens] host bool; the path is chosen by batch size (see above)
-    expert_range: tuple[int, int] | None = None,  # global experts held; only all of them here
-) -> cupy.ndarray:  # [num_tokens, hidden] float32
+    expert_range: tuple[int, int] | None = None,  # global experts the tensors hold; None: all
+) -> cupy.ndarray:  # [num_tokens, hidden] float32 (with expert_range: this range's partial sum)
     x = cupy.ascontiguousarray(x, dtype=np.float32)
     router_logits = cupy.ascontiguousarray(router_logits, dtype=np.float32)
     biases = [_bias(b) for b in (gate_bias, up_bias, down_bias)]
@@ -240,12 +255,7 @@ def moe_ffn(
                  [None if isinstance(b, np.uint64) else b for b in biases], num_experts_used,
                  expert_range)
     num_routed = router_logits.shape[1]
-    if local_expert_range(num_routed, gate_exps.num_experts, expert_range) != (0, num_routed):
-        # The kernels index the expert tensors by the routed (global) id; a sub-range would need
-        # remapped ids and skipped slots in every path, which no GPU was available to test.
-        raise NotImplementedError(
-            f"CUDA moe_ffn: expert parallelism (expert_range {tuple(expert_range)} of "
-            f"{num_routed} experts) is implemented on the NumPy backend only")
+    held = local_expert_range(num_routed, gate_exps.num_experts, expert_range)
     if gate_exps.ggml_type != up_exps.ggml_type:
         raise ValueError(f"gate and up experts must share a type (one fused kernel), got "
                          f"{gate_exps.ggml_type.name} and {up_exps.ggml_type.name}")
@@ -256,10 +266,13 @@ def moe_ffn(
     if num_tokens == 0:
         return out
     k = num_experts_used
-    selected, weights = route(router_logits, k)
-    path = _gemv_path if num_tokens <= GEMV_MAX_TOKENS else _grouped_path
-    y = path(x, selected, k, gate_exps, up_exps, down_exps, biases, np.float32(swiglu_alpha),
-             np.float32(swiglu_limit))
+    selected, weights = route(router_logits, k, held)  # [num_tokens, k] local ids or -1, weights
+    tail = (gate_exps, up_exps, down_exps, biases, np.float32(swiglu_alpha), np.float32(swiglu_limit))
+    if num_tokens <= GEMV_MAX_TOKENS:
+        y = _gemv_path(x, selected, k, *tail)  # [num_tokens * k, hidden]
+    else:
+        # The average group is pairs / (all experts) on every rank: each rank tiles as TP=1 does.
+        y = _grouped_path(x, selected, k, tile_rows_for(selected.size, num_routed), *tail)
     launch("moe_route.cu", "moe_combine", (blocks_for(num_tokens * hidden, 256),), (256,),
-           (y, weights, np.int32(num_tokens), np.int32(k), np.int32(hidden), out))
+           (y, selected, weights, np.int32(num_tokens), np.int32(k), np.int32(hidden), out))
     return out

@@ -3,6 +3,8 @@
 // launch shape depends only on the number of pairs. Weights stay in their GGUF blocks; each lane
 // dequantizes 32-value chunks into registers and dots them with the rounded float activations
 // (like gemv_float.cu), so only the float32 summation order differs from the reference.
+// Expert parallelism: ids are local to the rank's expert tensors; a pair routed to another rank
+// (-1) costs its CTAs one load of `selected` and nothing else.
 #include "common.cuh"
 #include "quant_blocks.cuh"
 #include "moe.cuh"
@@ -31,7 +33,7 @@ __device__ __forceinline__ float row_dot(const u8* weight_row, const float* __re
 // h = swiglu_oai(gate_e . x + gate_bias[e], up_e . x + up_bias[e]) for pair = blockIdx.y.
 // grid (ceil(ffn / warps_per_cta), num_pairs); a warp per ffn row.
 //   gate_raw, up_raw: [num_experts, ffn, row_bytes] u8 blocks of TYPE
-//   selected: [num_pairs] int32, pair = token * k + slot
+//   selected: [num_pairs] int32 local expert id or -1, pair = token * k + slot
 //   x:        [num_tokens, num_chunks * 32] float32, rounded for TYPE
 //   gate_bias, up_bias: [num_experts, ffn] float32 or null
 //   h:        [num_pairs, ffn] float32
@@ -46,6 +48,7 @@ __global__ void moe_gate_up_gemv(const u8* __restrict__ gate_raw, const u8* __re
     if (row >= ffn) return;
     const int pair = blockIdx.y;
     const int expert = selected[pair];
+    if (expert < 0) return;  // another rank's expert: the whole CTA leaves, h's row stays unwritten
     const float* x_row = x + (i64)(pair / k) * num_chunks * 32;
     const float g = row_dot<TYPE>(expert_row(gate_raw, expert, expert_bytes, row, row_bytes), x_row, num_chunks);
     const float u = row_dot<TYPE>(expert_row(up_raw, expert, expert_bytes, row, row_bytes), x_row, num_chunks);
@@ -57,6 +60,7 @@ __global__ void moe_gate_up_gemv(const u8* __restrict__ gate_raw, const u8* __re
 
 // y = down_e . h + down_bias[e] for pair = blockIdx.y. grid (ceil(hidden / warps_per_cta), num_pairs).
 //   down_raw: [num_experts, hidden, row_bytes] u8 blocks of TYPE
+//   selected: [num_pairs] int32 local expert id or -1
 //   h:        [num_pairs, num_chunks * 32] float32, rounded for TYPE
 //   down_bias: [num_experts, hidden] float32 or null
 //   y:        [num_pairs, hidden] float32
@@ -69,6 +73,7 @@ __global__ void moe_down_gemv(const u8* __restrict__ down_raw, i64 expert_bytes,
     if (row >= hidden) return;
     const int pair = blockIdx.y;
     const int expert = selected[pair];
+    if (expert < 0) return;  // another rank's expert: moe_combine never reads this y row
     const float total = row_dot<TYPE>(expert_row(down_raw, expert, expert_bytes, row, row_bytes),
                                       h + (i64)pair * num_chunks * 32, num_chunks);
     if ((threadIdx.x & 31) == 0)

@@ -7,6 +7,8 @@
 // a fixed order whatever its row position, so the atomically ordered groups give reproducible
 // results. The gate/up variant keeps both accumulators and applies the clamped SwiGLU in the
 // epilogue, so the [pairs, ffn] gate and up matrices never exist in memory.
+// Expert parallelism: the tensors hold the rank's experts only and tile_expert holds local ids;
+// the sort left out the pairs routed to other ranks, so no tile carries them (moe_route.cu).
 #include "common.cuh"
 #include "quant_blocks.cuh"
 #include "moe.cuh"
@@ -19,9 +21,9 @@
 // on the padding of small expert groups (moderate batches); large ones reuse each dequantized
 // weight block for more rows. The launcher picks ROWS from (num_pairs, num_experts) only.
 // grid (num_row_tiles, ceil(num_out / TILE_N)), block GROUPED_THREADS.
-//   w0_raw:  [num_experts, num_out, row_bytes] u8 blocks of TYPE (gate, or down)
+//   w0_raw:  [num_experts, num_out, row_bytes] u8 blocks of TYPE (gate, or down); the rank's experts
 //   w1_raw:  same shape (up) when GATE_UP, else unused
-//   tile_expert:  [num_row_tiles] int32 expert of each row tile or -1
+//   tile_expert:  [num_row_tiles] int32 local expert of each row tile or -1
 //   sorted_pairs: [num_row_tiles * TILE_M] int32 pair ids (token * k + slot) or -1 (padding)
 //   act:     [num_act_rows, num_chunks * 32] float32 rounded activations; row = pair / act_div
 //   bias0, bias1: [num_experts, num_out] float32 or null

@@ -5,6 +5,8 @@
 // fp32, where every partial sum is an integer below 2^24 and therefore exact; the block's sum is
 // then scaled by (activation scale x 2^(e - 128)) and added in fp32. The result equals the
 // reference's products (each exact in float32 too) up to float32 summation order.
+// Expert parallelism: as in moe_grouped.cu, expert ids are local and the pairs routed to other
+// ranks were left out by the sort.
 #include "common.cuh"
 #include "quant_blocks.cuh"
 #include "moe.cuh"
@@ -17,7 +19,7 @@
 // TILE_M = 16 * ROWS (16 or 64). Eight warps: ROWS along M (16 rows each) x 8 / ROWS along N.
 // grid (num_row_tiles, ceil(num_out / MMA_TILE_N)), block MMA_THREADS.
 //   w0_raw, w1_raw: [num_experts, num_out, row_bytes] MXFP4 blocks (w1 = up, only when GATE_UP)
-//   tile_expert: [num_row_tiles] int32;  sorted_pairs: [num_row_tiles * TILE_M] int32 or -1
+//   tile_expert: [num_row_tiles] int32 local expert or -1;  sorted_pairs: [num_row_tiles * TILE_M] int32 or -1
 //   codes:  [num_act_rows, num_blocks * 32] int8 q8_32 codes; row = pair / act_div
 //   scales: [num_act_rows, num_blocks] float32 (fp16-rounded) code scales
 //   bias0, bias1: [num_experts, num_out] float32 or null;  out: [num_pairs, num_out] float32

@@ -12,11 +12,16 @@ __device__ __forceinline__ bool ranks_before(float v, int i, float best_v, int b
 // One warp per token. Round r picks the best-ranked expert ranked after round r-1's pick, so no
 // per-expert state is kept and -inf logits are still selectable. NaN logits are never picked;
 // a row with fewer than k non-NaN logits gets expert 0 with weight NaN in the missing slots.
+// Expert parallelism: the choice and the weights are always over all num_experts; the ids written
+// are local to the rank's experts [expert_begin, expert_begin + num_local), and -1 marks a slot
+// routed to another rank's expert, which every later kernel skips (the whole range writes the
+// global ids unchanged).
 //   logits:   [num_tokens, num_experts] float32
-//   selected: [num_tokens, k] int32 expert ids, in rank order
+//   selected: [num_tokens, k] int32 local expert ids or -1, in rank order
 //   weights:  [num_tokens, k] float32 softmax over the k chosen logits
 __global__ void moe_route(const float* __restrict__ logits, int num_tokens, int num_experts, int k,
-                          int* __restrict__ selected, float* __restrict__ weights) {
+                          int expert_begin, int num_local, int* __restrict__ selected,
+                          float* __restrict__ weights) {
     const int warps_per_cta = blockDim.x >> 5;
     const int token = blockIdx.x * warps_per_cta + (threadIdx.x >> 5);
     if (token >= num_tokens) return;
@@ -39,7 +44,8 @@ __global__ void moe_route(const float* __restrict__ logits, int num_tokens, int 
             if (other_i >= 0 && ranks_before(other_v, other_i, best_v, best_i)) { best_v = other_v; best_i = other_i; }
         }
         if (lane == 0) {
-            selected[(i64)token * k + r] = best_i < 0 ? 0 : best_i;
+            const int local = (best_i < 0 ? 0 : best_i) - expert_begin;
+            selected[(i64)token * k + r] = local >= 0 && local < num_local ? local : -1;
             weights[(i64)token * k + r] = best_i < 0 ? __int_as_float(0x7fc00000) : best_v;
         }
         prev_v = best_v;
@@ -58,10 +64,15 @@ __global__ void moe_route(const float* __restrict__ logits, int num_tokens, int 
     for (int r = 0; r < k; ++r) w[r] = __fdiv_rn(w[r], sum);
 }
 
-//   selected: [num_pairs] int32 (pair p = token * k + slot);  counts: [num_experts] int32, zeroed
+// Pairs routed to another rank's experts (-1) are counted nowhere, so the grouped GEMMs never
+// see them.
+//   selected: [num_pairs] int32 local id or -1 (pair p = token * k + slot)
+//   counts:   [num_experts] int32 (the rank's experts), zeroed
 __global__ void moe_count_pairs(const int* __restrict__ selected, int num_pairs, int* __restrict__ counts) {
     const int pair = blockIdx.x * blockDim.x + threadIdx.x;
-    if (pair < num_pairs) atomicAdd(&counts[selected[pair]], 1);
+    if (pair >= num_pairs) return;
+    const int expert = selected[pair];
+    if (expert >= 0) atomicAdd(&counts[expert], 1);
 }
 
 // One CTA. Each expert's group starts on a multiple of tile_rows (padded), so a row tile of the
@@ -99,20 +110,26 @@ __global__ void moe_scatter_pairs(const int* __restrict__ selected, int num_pair
     const int pair = blockIdx.x * blockDim.x + threadIdx.x;
     if (pair >= num_pairs) return;
     const int expert = selected[pair];
+    if (expert < 0) return;  // another rank's expert: not in any group
     sorted_pairs[group_begin[expert] + atomicAdd(&cursors[expert], 1)] = pair;
 }
 
 // out[t] = sum over slots in rank order of weight * y, the reference's float32 operation order.
-//   expert_out: [num_tokens * k, hidden];  weights: [num_tokens, k];  out: [num_tokens, hidden]
-__global__ void moe_combine(const float* __restrict__ expert_out, const float* __restrict__ weights,
-                            int num_tokens, int k, int hidden, float* __restrict__ out) {
+// A slot routed to another rank's expert (selected -1) has no y row (never written): its term is
+// 0 * weight, as the reference computes it from its zero-filled row (exact zero; NaN stays NaN).
+//   expert_out: [num_tokens * k, hidden];  selected, weights: [num_tokens, k];  out: [num_tokens, hidden]
+__global__ void moe_combine(const float* __restrict__ expert_out, const int* __restrict__ selected,
+                            const float* __restrict__ weights, int num_tokens, int k, int hidden,
+                            float* __restrict__ out) {
     const i64 index = blockIdx.x * (i64)blockDim.x + threadIdx.x;
     if (index >= (i64)num_tokens * hidden) return;
     const i64 token = index / hidden;
     const int col = (int)(index % hidden);
     const float* w = weights + token * k;
+    const int* ids = selected + token * k;
     const float* y = expert_out + token * k * hidden + col;
-    float acc = __fmul_rn(y[0], w[0]);
-    for (int slot = 1; slot < k; ++slot) acc = __fadd_rn(acc, __fmul_rn(y[(i64)slot * hidden], w[slot]));
+    float acc = __fmul_rn(ids[0] < 0 ? 0.0f : y[0], w[0]);
+    for (int slot = 1; slot < k; ++slot)
+        acc = __fadd_rn(acc, __fmul_rn(ids[slot] < 0 ? 0.0f : y[(i64)slot * hidden], w[slot]));
     out[index] = acc;
 }

@@ -11,7 +11,6 @@ from typing import Any
 from ...kernels.batch import AttentionBatch
 from ..log import log_event
 from ..models.weights import ProgressCallback
-from .block_slicing import ShardingError
 from .communicator import CommunicatorError
 from .communicator_specs import build_communicator, make_specs
 from .graph_sync import GraphSpec
@@ -23,13 +22,9 @@ from .worker_group import TensorParallelFailure, WorkerGroup
 class TensorParallelModel:
     def __init__(self, gguf_file: Any, ops: Any, device: str, world_size: int,
                  on_progress: ProgressCallback | None = None) -> None:
-        # An unsplittable file fails here, before any spawn.
-        _, _, plans = plan_for_file(gguf_file, world_size)
-        if device != "cpu" and plans[0].experts is not None:
-            raise ShardingError(
-                "expert parallelism (MoE experts split over ranks) runs on --device cpu only: the "
-                "CUDA MoE kernels compute every expert (kernels/cuda/moe.py); use "
-                "--tensor-parallel-size 1 on the GPU")
+        # An unsplittable file fails here, before any spawn, on every device: MoE experts split
+        # over ranks (expert parallelism) run on both backends (`moe_ffn`'s expert_range).
+        plan_for_file(gguf_file, world_size)
         if device == "cuda":
             import cupy
 

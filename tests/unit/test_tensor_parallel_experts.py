@@ -1,6 +1,7 @@
-"""Expert parallelism for gpt-oss on the NumPy backend: the expert-range MoE op against the full
-op, the sharder's expert rules on the committed synthetic MXFP4 file, and TP=2 (two processes,
-pipe collectives) against TP=1 through the engine.
+"""Expert parallelism for gpt-oss: the NumPy expert-range MoE op against the full op, the
+sharder's expert rules on the committed synthetic MXFP4 file, and TP=2 (two processes, pipe
+collectives) against TP=1 through the engine; on two GPUs (marked gpu, skipped elsewhere) the same
+comparison on the cuda backend (NCCL, the CUDA expert-range op of kernels/cuda/moe.py).
 
 Tolerances (docs/tensor_parallel.md): TP=2 computes the same products but adds the per-rank
 halves of every attn_output product and of every token's k expert terms after the fact, a float32
@@ -35,6 +36,7 @@ from cupyserve.runtime.sampling_params import SamplingParams
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "oracle"))
 from make_synthetic_gpt_oss_gguf import FIXTURE as GPT_OSS  # noqa: E402  (the committed file)
+from testdata import require_gpu  # noqa: E402
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):"]
 MAX_TOKENS = 8
@@ -141,17 +143,36 @@ def test_expert_count_not_divisible_fails_at_startup() -> None:
         plan_for_file(GGUFFile.open(GPT_OSS), 4)
 
 
-def test_expert_parallel_on_cuda_fails_at_startup() -> None:
-    """The CUDA MoE kernels have no expert sub-range: refused before CuPy or any worker starts."""
-    with pytest.raises(ShardingError, match="runs on --device cpu only"):
-        TensorParallelModel(GGUFFile.open(GPT_OSS), CpuOps(), "cuda", 2)
+def visible_gpus() -> int:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # no CuPy, or no driver
+        return 0
+
+
+def test_expert_parallel_on_cuda_passes_the_startup_checks() -> None:
+    """The CUDA MoE op takes an expert sub-range, so `--device cuda` with a MoE file at TP=2 is no
+    longer refused by the sharding checks: without 2 GPUs it stops only at the GPU check (CuPy
+    missing, or too few GPUs). An unsplittable expert count is still refused on cuda, before CuPy."""
+    gguf = GGUFFile.open(GPT_OSS)
+    with pytest.raises(ShardingError, match="6 experts cannot be split evenly over 4 ranks"):
+        TensorParallelModel(gguf, CpuOps(), "cuda", 4)
+    if visible_gpus() >= 2:
+        pytest.skip("2 GPUs visible: test_gpt_oss_tp2_on_two_gpus_matches_tp1 runs this model")
+    with pytest.raises((ImportError, ValueError, RuntimeError)) as info:
+        TensorParallelModel(gguf, CpuOps(), "cuda", 2)
+    assert not isinstance(info.value, ShardingError), info.value
+    message = str(info.value).lower()
+    assert any(word in message for word in ("cupy", "cuda", "gpu")), info.value
 
 
 # ---- TP=2 against TP=1 through the engine ------------------------------------------------------
 
-def generate(path, tensor_parallel_size: int) -> tuple[dict[str, list], list[int]]:
+def generate(path, tensor_parallel_size: int, device: str = "cpu") -> tuple[dict[str, list], list[int]]:
     """Greedy tokens with top-5 logprobs, both prompts batched together; weight bytes per rank."""
-    engine = LLMEngine(EngineArgs(model=str(path), device="cpu", max_model_len=128, max_num_seqs=4,
+    engine = LLMEngine(EngineArgs(model=str(path), device=device, max_model_len=128, max_num_seqs=4,
                                   kv_cache_memory=8 << 20, enable_prefix_caching=False,
                                   tensor_parallel_size=tensor_parallel_size))
     try:
@@ -171,7 +192,22 @@ def generate(path, tensor_parallel_size: int) -> tuple[dict[str, list], list[int
 
 def test_gpt_oss_tp2_matches_tp1(monkeypatch) -> None:
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")  # the spawned worker: one BLAS thread
-    (single, (whole_bytes,)), (parallel, rank_bytes) = generate(GPT_OSS, 1), generate(GPT_OSS, 2)
+    assert_tp2_matches_tp1(generate(GPT_OSS, 1), generate(GPT_OSS, 2), "cpu")
+
+
+@pytest.mark.gpu
+def test_gpt_oss_tp2_on_two_gpus_matches_tp1() -> None:
+    """The same walk and bars on the cuda backend: each GPU holds 3 of the 6 experts and runs
+    the CUDA expert-range op (decode steps take the GEMV, larger prefill batches the grouped
+    GEMM); NCCL all-reduces the partial outputs."""
+    require_gpu()
+    if visible_gpus() < 2:
+        pytest.skip("needs 2 GPUs")
+    assert_tp2_matches_tp1(generate(GPT_OSS, 1, "cuda"), generate(GPT_OSS, 2, "cuda"), "cuda")
+
+
+def assert_tp2_matches_tp1(single_run, parallel_run, device: str) -> None:
+    (single, (whole_bytes,)), (parallel, rank_bytes) = single_run, parallel_run
     # Each rank loads half the experts and attention plus the replicated router, norms and o bias.
     assert len(rank_bytes) == 2 and all(b < 0.52 * whole_bytes for b in rank_bytes), \
         (rank_bytes, whole_bytes)
@@ -186,7 +222,7 @@ def test_gpt_oss_tp2_matches_tp1(monkeypatch) -> None:
             num_compared += 1
             if ref.top[0][1] - ref.top[1][1] < NEAR_TIE_NATS:
                 break  # past a near tie the two paths may rightly diverge
-    print(f"gpt-oss TP=2 vs TP=1: {num_compared} steps, chosen-token error mean "
+    print(f"gpt-oss {device} TP=2 vs TP=1: {num_compared} steps, chosen-token error mean "
           f"{np.mean(chosen):.5f}, top-5 error mean {np.mean(top5):.5f} max {max(top5):.5f}")
     assert num_compared >= MIN_STEPS_COMPARED
     assert np.mean(chosen) < MAX_MEAN_CHOSEN_ERROR, np.mean(chosen)
