@@ -5,7 +5,9 @@
 // (and mins) are applied in integers too, so per lane and super-block only
 //   act_scale * (d * sum(sc * dot) - dmin * sum(m * act_sum))        (Q4_K, Q5_K)
 //   act_scale * d * sum(sc * dot((q - 32), act))                      (Q6_K)
-// is float: results equal the reference up to float32 rounding and summation order.
+// is float: results equal the reference up to float32 rounding and summation order. The float
+// ops are explicit (_rn intrinsics, no contraction choices left to the compiler), so a row's
+// result is bit-identical for every NUM_TOKENS and ROWS instantiation (batch invariance).
 #include "common.cuh"
 #include "quant_blocks.cuh"
 
@@ -125,7 +127,7 @@ template <int TYPE> struct KquantMinPart {
         // |scale * dot| <= 63 * 32 * 31 * 127 and |min * sum| <= 63 * 32 * 127: exact in int32.
         const int scaled = scale[0] * dot0 + scale[1] * dot1;
         const int offset = min[0] * sums.x + min[1] * sums.y;
-        return d * (float)scaled - dmin * (float)offset;
+        return __fmaf_rn(d, (float)scaled, -__fmul_rn(dmin, (float)offset));
     }
 };
 
@@ -175,7 +177,7 @@ template <> struct KquantPart<GGML_Q6_K> {
             for (int i = 0; i < 4; ++i) group = __dp4a(q[4 * k + i], codes[4 * k + i], group);
             total += scale[k] * group;
         }
-        return d * (float)total;
+        return __fmul_rn(d, (float)total);
     }
 };
 
@@ -231,7 +233,7 @@ __global__ void gemv_kquant(const u8* __restrict__ weight, i64 row_bytes, int nu
                 sub_sums = *reinterpret_cast<const int2*>(sums + (t * num_cols + (i64)b * 256) / 32 + 2 * part);
             const float act_scale = scales[(i64)t * num_blocks + b];
 #pragma unroll
-            for (int r = 0; r < ROWS; ++r) acc[r][t] += act_scale * w[r].dot(a, sub_sums);
+            for (int r = 0; r < ROWS; ++r) acc[r][t] = __fmaf_rn(act_scale, w[r].dot(a, sub_sums), acc[r][t]);
         }
     }
 #pragma unroll
