@@ -3,7 +3,9 @@
 Small batches (num_tokens <= GEMV_MAX_TOKENS, i.e. decode): a fused dequantize-GEMV reads each
 weight row once for all tokens. Activations are rounded as ggml rounds them (the reference's
 `round_activations`): for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 into q8_32 codes + fp16 scales and an exact
-int8 dot (dp4a) per block pair; for the other types into float32 values and a float dot.
+int8 dot (dp4a) per block pair; for Q4_K/Q5_K/Q6_K into q8_256 codes + fp32 scales and an
+exact int8 dot per sub-block (gemv_kquant.py); for the other types into float32 values and a
+float dot.
 Either way only the float32 summation order differs from the reference.
 
 Large batches (prefill): the rounded activations are stored as fp16, the weight is dequantized
@@ -20,6 +22,7 @@ import cupy
 import numpy as np
 
 from . import blas
+from .gemv_kquant import KQUANT_DOT_TYPES, gemv_kquant, quantize_q8_256
 from .module_cache import blocks_for, launch
 from .weights import INT8_DOT_TYPES, QuantizedWeight
 
@@ -89,7 +92,7 @@ def dequantize_rows(
 
 def _gemv(x: cupy.ndarray, weight: QuantizedWeight, bias: cupy.ndarray | None, out: cupy.ndarray) -> None:
     num_tokens, num_cols = x.shape
-    quantized = rounded = None
+    quantized = kquantized = rounded = None
     for seg in weight.segments:
         out_view = out[:, seg.row_begin:]
         bias_view = bias[seg.row_begin:] if bias is not None else np.uint64(0)
@@ -101,6 +104,10 @@ def _gemv(x: cupy.ndarray, weight: QuantizedWeight, bias: cupy.ndarray | None, o
             launch("gemv_int8.cu", f"gemv_int8<{int(seg.ggml_type)}, {num_tokens}>", grid, block,
                    (seg.raw, np.int64(seg.row_bytes), np.int32(seg.num_rows), np.int32(num_cols // 32),
                     quantized[0], quantized[1], bias_view, out_view, np.int64(out.shape[1])))
+        elif seg.ggml_type in KQUANT_DOT_TYPES and weight.rounding == "q8_256":
+            if kquantized is None:
+                kquantized = quantize_q8_256(x)
+            gemv_kquant(seg, kquantized, bias[seg.row_begin:] if bias is not None else None, out_view, out.shape[1])
         else:
             if rounded is None:
                 rounded = round_activations(x, weight.rounding)
