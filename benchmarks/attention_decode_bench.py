@@ -3,7 +3,9 @@ kernel against a baseline `.cu` (the two-kernel split + combine version this one
 the SmolLM2-135M (9 q / 3 kv heads, head_dim 64) and Llama-3-8B (32 q / 8 kv, head_dim 128) head
 shapes at batch 1 / 16 / 64 and contexts 256 / 2048. Each variant is captured as a CUDA graph of
 30 launches (like the 30 layers of a replayed SmolLM2 decode step), replayed after a warm-up and
-timed with CUDA events; the figure is the median replay / 30. Prints JSON.
+timed with CUDA events; the figure is the median replay / 30. Prints JSON. `--warp-tiles` and
+`--target-ctas` time the new kernel under other values of attention.MIN_WARP_TILES_PER_SPLIT and
+attention.DECODE_TARGET_CTAS (the first value of each is the one the baseline is compared with).
 
     git show 7511989:kernels/cuda/paged_attention_decode.cu > old_decode.cu   (the baseline)
     . benchmarks/gpu_env.sh && python3 benchmarks/attention_decode_bench.py --baseline-cu old_decode.cu
@@ -84,6 +86,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline-cu", type=Path, help="old paged_attention_decode.cu (omit: new kernel only)")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warp-tiles", default="1", help="MIN_WARP_TILES_PER_SPLIT values, e.g. 1,2,4")
+    parser.add_argument("--target-ctas", default="256", help="DECODE_TARGET_CTAS values, e.g. 132,256,512")
     args = parser.parse_args()
 
     import cupy
@@ -92,6 +96,7 @@ def main() -> None:
     from cupyserve.kernels.cuda import attention
 
     baseline = compile_baseline(args.baseline_cu) if args.baseline_cu else None
+    defaults = attention.DECODE_TARGET_CTAS, attention.MIN_WARP_TILES_PER_SPLIT
     rng = np.random.default_rng(0)
     records = []
     for name, (num_heads, num_kv_heads, head_dim) in SHAPES.items():
@@ -109,13 +114,20 @@ def main() -> None:
                     query_start=cupy.arange(num_rows + 1, dtype=cupy.int32), context_lens=context_lens,
                     block_tables=tables, slot_mapping=cupy.zeros(num_rows, cupy.int64),
                     positions=context_lens - 1, num_seqs=num_rows, max_query_len=1, max_context_len=context)
-                new_us, new_out = time_graph(
-                    lambda: attention.paged_attention(q, k_cache, v_cache, batch, SCALE), args.repeats)
-                record = {"shape": name, "batch": num_rows, "context": context, "new_us": round(new_us, 2)}
+                record = {"shape": name, "batch": num_rows, "context": context}
+                for target_ctas in [int(v) for v in args.target_ctas.split(",")]:
+                    for warp_tiles in [int(v) for v in args.warp_tiles.split(",")]:
+                        attention.DECODE_TARGET_CTAS, attention.MIN_WARP_TILES_PER_SPLIT = target_ctas, warp_tiles
+                        us, out = time_graph(
+                            lambda: attention.paged_attention(q, k_cache, v_cache, batch, SCALE), args.repeats)
+                        record[f"new_us[target={target_ctas},tiles={warp_tiles}]"] = round(us, 2)
+                        if "new_us" not in record:
+                            record["new_us"], new_out = round(us, 2), out
+                attention.DECODE_TARGET_CTAS, attention.MIN_WARP_TILES_PER_SPLIT = defaults
                 if baseline:
                     old_us, old_out = time_graph(
                         lambda: baseline_attention(baseline, q, k_cache, v_cache, context_lens, tables), args.repeats)
-                    record.update(old_us=round(old_us, 2), speedup=round(old_us / new_us, 2),
+                    record.update(old_us=round(old_us, 2), speedup=round(old_us / record["new_us"], 2),
                                   max_abs_diff=float(np.max(np.abs(new_out - old_out))))
                 records.append(record)
                 print(json.dumps(record), flush=True)

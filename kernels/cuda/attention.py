@@ -18,9 +18,10 @@ MAX_HEAD_DIM = 256
 MAX_HEADS_PER_CTA = 8
 DECODE_TARGET_CTAS = 256
 MAX_DECODE_SPLITS = 32  # = MAX_SPLITS of paged_attention_decode.cu
-# A split takes at least this many keys: below it the partial state and the merge cost more than
-# the keys they spread (shorter contexts leave the trailing splits empty; those CTAs exit at once).
-MIN_KEYS_PER_SPLIT = 128
+# A split takes at least this many 32-key tiles per warp: a warp's latency grows by tiles, so a
+# split that leaves each warp one tile or less buys no time and costs the partial state and the
+# merge (shorter contexts leave the trailing splits empty; those CTAs exit at once).
+MIN_WARP_TILES_PER_SPLIT = 1
 # Registers and shared memory (the warps' accumulators) grow with heads x feature pairs.
 MAX_WARP_ACCUMULATORS = 128  # warps x heads per CTA x feature pairs per lane
 
@@ -128,37 +129,41 @@ def _decode_attention(q, k_cache, v_cache, batch: AttentionBatch, block_tables, 
         counters = _split_counters(num_rows * layout.ctas_per_row)
     else:  # one split writes `out` directly and never touches these
         part_acc = part_max = part_sum = counters = np.uintp(0)
+    min_keys_per_split = 32 * layout.num_warps * MIN_WARP_TILES_PER_SPLIT
     launch("paged_attention_decode.cu", layout.kernel, (num_rows, layout.ctas_per_row, num_splits),
            (32 * layout.num_warps,),
            (q, k_cache, v_cache, cupy.ascontiguousarray(batch.context_lens, dtype=np.int32), block_tables,
             np.int32(block_tables.shape[1]), np.int32(num_heads), np.int32(num_kv_heads), np.int32(head_dim),
             np.int32(block_size), np.float32(scale), np.int32(sliding_window or 0), np.float32(softcap or 0.0),
-            optional(sinks), np.int32(MIN_KEYS_PER_SPLIT), part_acc, part_max, part_sum, counters, out))
+            optional(sinks), np.int32(min_keys_per_split), part_acc, part_max, part_sum, counters, out))
 
 
 _counters_lock = threading.Lock()
 _counters: dict[tuple[int, int], cupy.ndarray] = {}
+_outgrown_counters: list[cupy.ndarray] = []  # captured graphs may still point at them
 
 
-def _split_counters(num_counters: int) -> cupy.ndarray:  # [DECODE_TARGET_CTAS] int32, all zero
+def _split_counters(num_counters: int) -> cupy.ndarray:  # [>= num_counters] int32, all zero
     """The split tickets of the current device and stream. The kernel leaves them at zero, so
     they are zeroed once, when created; one set per stream, because two launches sharing
     counters must never overlap. Their memory is a plain device allocation, not from a pool: a
     graph's private pool (kernels/cuda/graphs.py) may be freed while the counters live on.
-    GraphPool's warm-up run creates its stream's set before the capture, which cannot create it."""
-    if num_counters > DECODE_TARGET_CTAS:  # splits > 1 implies rows x CTAs per row <= the target
-        raise ValueError(f"{num_counters} split counters exceed {DECODE_TARGET_CTAS}")
+    GraphPool's warm-up run creates its stream's set before the capture, which cannot create it.
+    Splits > 1 imply rows x CTAs per row <= DECODE_TARGET_CTAS, so the first size fits unless
+    that constant is raised (benchmarks do); outgrown sets are kept, never freed."""
     stream = cupy.cuda.get_current_stream()
     key = (cupy.cuda.Device().id, stream.ptr)
     with _counters_lock:
         counters = _counters.get(key)
-        if counters is None:
+        if counters is None or counters.size < num_counters:
             if stream.is_capturing():
                 raise RuntimeError("decode attention: run the function once on this stream before "
                                    "capturing it (the split counters must exist and be zero)")
-            nbytes = DECODE_TARGET_CTAS * 4
-            memory = cupy.cuda.MemoryPointer(cupy.cuda.memory.Memory(nbytes), 0)
-            counters = cupy.ndarray((DECODE_TARGET_CTAS,), dtype=np.int32, memptr=memory)
-            cupy.cuda.runtime.memsetAsync(memory.ptr, 0, nbytes, stream.ptr)
+            if counters is not None:
+                _outgrown_counters.append(counters)
+            size = max(num_counters, DECODE_TARGET_CTAS)
+            memory = cupy.cuda.MemoryPointer(cupy.cuda.memory.Memory(size * 4), 0)
+            counters = cupy.ndarray((size,), dtype=np.int32, memptr=memory)
+            cupy.cuda.runtime.memsetAsync(memory.ptr, 0, size * 4, stream.ptr)
             _counters[key] = counters
     return counters
