@@ -23,7 +23,7 @@ MAX_DECODE_SPLITS = 32  # = MAX_SPLITS of paged_attention_decode.cu
 # merge (shorter contexts leave the trailing splits empty; those CTAs exit at once).
 MIN_WARP_TILES_PER_SPLIT = 1
 # Registers and shared memory (the warps' accumulators) grow with heads x feature pairs.
-MAX_WARP_ACCUMULATORS = 128  # warps x heads per CTA x feature pairs per lane
+MAX_WARP_ACCUMULATORS = 64  # warps x heads per CTA x feature pairs per lane (more spills at 8 warps)
 
 
 @dataclass(frozen=True)

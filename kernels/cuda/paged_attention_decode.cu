@@ -109,7 +109,7 @@ __device__ __forceinline__ void score_key(const float (*q_shared)[MAX_DIM], cons
 //   split_counters: [num_rows * gridDim.y] int32, zero before and after every launch
 //   out:           [num_rows, num_heads, head_dim] float32
 template <int HEADS, int PAIRS, int NUM_WARPS>
-__global__ void __launch_bounds__(NUM_WARPS * 32, 1)
+__global__ void __launch_bounds__(NUM_WARPS * 32, 2)
 attention_decode(const float* __restrict__ q, const u16* __restrict__ k_cache, const u16* __restrict__ v_cache,
                  const int* __restrict__ context_lens, const int* __restrict__ block_tables,
                  int max_blocks_per_seq, int num_heads, int num_kv_heads, int head_dim, int block_size,
@@ -198,7 +198,7 @@ attention_decode(const float* __restrict__ q, const u16* __restrict__ k_cache, c
         }
         __syncwarp();
         const int keys_in_tile = min(WARP_KEYS, end - tile);
-#pragma unroll 4
+#pragma unroll 8
         for (int j = 0; j < keys_in_tile; ++j) {  // unrolled: several value rows in flight at once
             const u32* v_row = reinterpret_cast<const u32*>(v_cache + tiles.keys.offsets[warp][j]);
 #pragma unroll

@@ -47,7 +47,7 @@ CASES = {
     "mixed": ([1, 40, 1, 129], [700, 40, 3, 200], 16, 2, 128, 16),
     "head_dim_256": ([3, 1], [30, 99], 4, 1, 256, 8),
     "head_dim_80": ([9], [20], 32, 32, 80, 16),
-    # Decode batches run the context-split kernels (paged_attention_decode.cu).
+    # Decode batches run paged_attention_decode.cu (more shapes: DECODE_SHAPES below).
     "decode_head_dim_80": ([1] * 3, [20, 300, 7], 32, 32, 80, 16),
     "decode_head_dim_256": ([1, 1], [30, 999], 4, 1, 256, 8),
     "decode_many": ([1] * 40, [1 + (37 * i) % 900 for i in range(40)], 14, 2, 64, 16),
