@@ -207,8 +207,9 @@ def test_decode_graph_replays_any_context_length(cuda_ops):
     dev_q, dev_k, dev_v = cupy.asarray(q), cupy.asarray(k_cache), cupy.asarray(v_cache)
     sinks = cupy.asarray(options["sinks"])
     batch = _decode_batch([1, 1, 1], tables, cupy)
-    graph = GraphPool().capture(lambda: cuda_ops.paged_attention(dev_q, dev_k, dev_v, batch, scale, sinks=sinks,
-                                                                 softcap=options["softcap"]))
+    pool = GraphPool()  # kept alive: the graph's intermediates live in its memory pool
+    graph = pool.capture(lambda: cuda_ops.paged_attention(dev_q, dev_k, dev_v, batch, scale, sinks=sinks,
+                                                          softcap=options["softcap"]))
     for context_lens in ([1, 5, 3000], [200, 129, 1], [max_context] * 3, [1, 1, 1]):
         batch.context_lens[...] = cupy.asarray(context_lens, dtype=np.int32)
         replayed = cupy.asnumpy(graph.replay())
