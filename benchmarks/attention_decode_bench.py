@@ -35,8 +35,9 @@ def compile_baseline(path: Path):
     from cupyserve.kernels.cuda.module_cache import COMPILE_OPTIONS, load_source
 
     code = path.read_text().replace('#include "attention_common.cuh"', load_source("attention_common.cuh"))
-    module = cupy.RawModule(code=code, options=COMPILE_OPTIONS)
-    return module.get_function("attention_decode_split"), module.get_function("attention_decode_combine")
+    names = ("attention_decode_split", "attention_decode_combine")  # C++ names: need name expressions
+    module = cupy.RawModule(code=code, options=COMPILE_OPTIONS, name_expressions=names)
+    return tuple(module.get_function(name) for name in names)
 
 
 def baseline_attention(kernels, q, k_cache, v_cache, context_lens, block_tables):
