@@ -197,13 +197,33 @@ class DecoderModel:
         q = qkv[:, : cfg.q_size].reshape(num_tokens, cfg.num_heads, cfg.head_dim)
         k = qkv[:, cfg.q_size : cfg.q_size + cfg.kv_size].reshape(num_tokens, cfg.num_kv_heads, cfg.head_dim)
         v = qkv[:, cfg.q_size + cfg.kv_size :].reshape(num_tokens, cfg.num_kv_heads, cfg.head_dim)
-        q, k = self.qk_transform(layer, q, k, cos, sin)
+        q = self.rotate_and_cache(layer, q, k, v, cos, sin, kv_cache, batch.slot_mapping)
         k_cache, v_cache = kv_cache
-        ops.write_kv(k_cache, v_cache, k, v, batch.slot_mapping)
         attended = ops.paged_attention(q, k_cache, v_cache, batch, cfg.attention_scale,
                                        **self.attention_options(layer))
         return self.row_parallel_linear(attended.reshape(num_tokens, cfg.q_size), layer["attn_output"],
                                         layer.get("attn_output_bias"), rows)
+
+    def rotate_and_cache(
+        self,
+        layer: LayerWeights,
+        q: Any,  # [num_tokens, num_heads, head_dim] float32
+        k: Any,  # [num_tokens, num_kv_heads, head_dim] float32
+        v: Any,  # [num_tokens, num_kv_heads, head_dim] float32
+        cos: Any,  # [num_tokens, rope_dim // 2] float32
+        sin: Any,  # [num_tokens, rope_dim // 2] float32
+        kv_cache: tuple[Any, Any],
+        slot_mapping: Any,  # [num_tokens] int64
+    ) -> Any:  # [num_tokens, num_heads, head_dim] float32: q as attention reads it
+        """`qk_transform`, then k and v into the paged cache. Families that keep the plain rope
+        get the backend's fused op (one launch instead of three per layer of a decode step)."""
+        k_cache, v_cache = kv_cache
+        style = self.config.rope_style
+        if type(self).qk_transform is DecoderModel.qk_transform and style != "none":
+            return self.ops.rope_write_kv(q, k, v, cos, sin, style, k_cache, v_cache, slot_mapping)
+        q, k = self.qk_transform(layer, q, k, cos, sin)
+        self.ops.write_kv(k_cache, v_cache, k, v, slot_mapping)
+        return q
 
     def qk_transform(self, layer: LayerWeights, q: Any, k: Any, cos: Any, sin: Any) -> tuple[Any, Any]:
         style = self.config.rope_style
