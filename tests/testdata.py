@@ -103,17 +103,3 @@ def per_token_rel_error(actual, expected) -> float:
         return float("inf")
     norms = np.linalg.norm(expected, axis=1)
     return float((np.linalg.norm(actual - expected, axis=1) / np.where(norms > 0, norms, 1.0)).max())
-
-
-def poison_device_pool(*shapes, copies: int = 2) -> None:
-    """Fill the CuPy pool blocks that arrays of `shapes` (float32 element counts) will be given
-    with NaN: each shape is allocated `copies` times as NaN and freed, so a kernel's freshly
-    `cupy.empty`-allocated outputs of those sizes start as NaN, and an element the kernel forgets
-    to write shows up as NaN (or a NaN-derived code) instead of passing on stale zeros."""
-    cupy = require_gpu()
-    import math
-
-    poisoned = [cupy.full(max(1, math.prod(shape)), cupy.nan, dtype=cupy.float32)
-                for shape in shapes for _ in range(copies)]
-    cupy.cuda.get_current_stream().synchronize()
-    del poisoned
