@@ -110,9 +110,10 @@ class DecoderModel:
             normed, residual = self.add_norm(hidden, residual, layer["ffn_norm"], layer.get("ffn_norm_bias"),
                                              quantize_for=self.ffn_input_weight(layer))
             hidden = self.ffn_block(layer, normed, batch.generated_rows)
-        hidden = hidden[logits_indices] + residual[logits_indices]
-        logits = ops.linear(self.norm(hidden, self.output_norm, self.output_norm_bias, quantize_for=self.output),
-                            self.output, generated_rows=batch.logits_generated_rows)
+        # The last residual add rides in the output norm's launch (same float32 sum as a separate add).
+        normed, _ = self.add_norm(hidden[logits_indices], residual[logits_indices], self.output_norm,
+                                  self.output_norm_bias, quantize_for=self.output)
+        logits = ops.linear(normed, self.output, generated_rows=batch.logits_generated_rows)
         return logits if self.shard is None else self.shard.gather_vocab(logits)
 
     def layer_rope(self, index: int) -> tuple[float, float]:
