@@ -79,12 +79,18 @@ def rope_write_kv(
     """apply_rope(q), apply_rope(k) and write_kv(k, v) in one launch, with the same results."""
     if style not in ("normal", "neox"):
         raise ValueError(f"unknown rope style {style!r} (normal, neox)")
-    if not (k_cache.flags.c_contiguous and v_cache.flags.c_contiguous):
-        raise ValueError("rope_write_kv needs contiguous caches")
+    if not (k_cache.flags.c_contiguous and v_cache.flags.c_contiguous
+            and k_cache.dtype == np.float16 and v_cache.dtype == np.float16):
+        raise ValueError("rope_write_kv needs contiguous float16 caches")
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads = k.shape[1]
     if k.shape != v.shape or k.shape[0] != num_tokens or k.shape[2] != head_dim:
         raise ValueError(f"rope_write_kv: q {q.shape}, k {k.shape} and v {v.shape} do not match")
+    if cos.shape != sin.shape or cos.shape[0] != num_tokens or 2 * cos.shape[1] > head_dim:
+        raise ValueError(f"rope_write_kv: cos/sin {cos.shape} / {sin.shape} do not fit {num_tokens} tokens "
+                         f"of head_dim {head_dim}")
+    if slot_mapping.shape != (num_tokens,):
+        raise ValueError(f"rope_write_kv: slot_mapping {slot_mapping.shape} for {num_tokens} tokens")
     if k_cache.shape[2:] != (num_kv_heads, head_dim) or v_cache.shape != k_cache.shape:
         raise ValueError(f"rope_write_kv: caches {k_cache.shape} / {v_cache.shape} do not hold "
                          f"{num_kv_heads} heads of {head_dim}")
