@@ -152,3 +152,39 @@ def test_plain_array_where_no_int8_gemv_follows(cuda_ops, case):
     np.testing.assert_array_equal(cupy.asnumpy(result), cupy.asnumpy(cuda_ops.rms_norm(x, norm_weight, 1e-5)))
     gated = cuda_ops.swiglu(cupy.concatenate([x, x], axis=1), quantize_for=weight)
     assert isinstance(gated, cupy.ndarray)
+
+
+def test_decode_step_launches_no_standalone_quantize_before_fused_gemvs(cuda_ops, monkeypatch):
+    """A batch-1 decode step of the real model: the qkv, gate_up, down and output GEMVs read codes
+    from their producers (no quantize_q8_32 launch for them: only the o GEMV's input, from
+    attention, is quantized alone), and rope + KV write is one launch per layer."""
+    import collections
+
+    from cupyserve.kernels.cuda import module_cache
+    from cupyserve.runtime.gguf_loader import GGUFFile
+    from test_cuda_model import _Backend, _model_path
+
+    from cupyserve.kernels.cuda.linear import takes_q8_codes
+
+    backend = _Backend(cuda_ops, GGUFFile.open(_model_path()), 2, 1)
+    num_layers = backend.model.config.num_layers
+    if not takes_q8_codes(backend.model.layers[0]["attn_qkv"], 1):
+        pytest.skip("this model's qkv GEMV does not read q8_32 codes")
+    # Only the o projections (int8 ones) quantize their input alone; a non-int8 weight rounds in
+    # round_activations instead. SmolLM2 Q4_1: one per layer.
+    expected_quantize = sum(takes_q8_codes(layer["attn_output"], 1) for layer in backend.model.layers)
+    backend.step([(0, [1, 9690, 198], 0)], False)  # prefill (and compiles)
+    counts: collections.Counter = collections.Counter()
+    real_get_function = module_cache.get_function
+
+    def counting_get_function(file_name, name_expression):
+        counts[name_expression.split("<")[0]] += 1
+        return real_get_function(file_name, name_expression)
+
+    monkeypatch.setattr(module_cache, "get_function", counting_get_function)
+    logits = backend.step([(0, [2683], 3)], False)
+    assert np.isfinite(logits).all()
+    assert counts["quantize_q8_32"] == expected_quantize
+    assert counts["rope_write_kv"] == num_layers
+    assert counts["apply_rope"] == 0 and counts["write_kv"] == 0
+    assert counts["rms_norm"] == 2 * num_layers + 1
