@@ -23,15 +23,12 @@ class CpuOps(FaultInjection):
     injected_oom_error = DeviceOutOfMemory
 
     # Model ops (signatures and shapes documented on the reference functions).
-    rms_norm = staticmethod(norm.rms_norm)
-    add_rms_norm = staticmethod(norm.add_rms_norm)
     head_rms_norm = staticmethod(norm.head_rms_norm)
     layer_norm = staticmethod(norm.layer_norm)
     add_layer_norm = staticmethod(norm.add_layer_norm)
     rope_cos_sin = staticmethod(rope.rope_cos_sin)
     apply_rope = staticmethod(rope.apply_rope)
-    swiglu = staticmethod(activation.swiglu)
-    geglu = staticmethod(activation.geglu)
+    rope_write_kv = staticmethod(rope.rope_write_kv)
     gelu = staticmethod(activation.gelu_tanh)
     write_kv = staticmethod(attention.write_kv)
     paged_attention = staticmethod(attention.paged_attention)
@@ -43,6 +40,25 @@ class CpuOps(FaultInjection):
     moe_ffn = staticmethod(moe.moe_ffn)
     # Token sampling (kernels/reference/sampling.py; the CUDA twin is kernels/cuda/sampling.py).
     sampling = sampling
+
+    # `quantize_for` (the weight the result feeds): the CUDA ops then also emit the activations'
+    # q8_32 codes for the decode GEMV; the reference rounds inside `linear`, so it changes nothing.
+    @staticmethod
+    def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float, quantize_for=None) -> np.ndarray:
+        return norm.rms_norm(x, weight, eps)
+
+    @staticmethod
+    def add_rms_norm(x: np.ndarray, residual: np.ndarray, weight: np.ndarray, eps: float,
+                     quantize_for=None) -> tuple[np.ndarray, np.ndarray]:
+        return norm.add_rms_norm(x, residual, weight, eps)
+
+    @staticmethod
+    def swiglu(gate_up: np.ndarray, quantize_for=None) -> np.ndarray:
+        return activation.swiglu(gate_up)
+
+    @staticmethod
+    def geglu(gate_up: np.ndarray, quantize_for=None) -> np.ndarray:
+        return activation.geglu(gate_up)
 
     supports_graphs = False  # CUDA graphs: runtime/decode_graphs.py is CUDA-only
 

@@ -4,30 +4,40 @@ from __future__ import annotations
 import cupy
 import numpy as np
 
-from .arrays import contiguous_f32
+from .arrays import contiguous_f32, optional
+from .linear import takes_q8_codes
 from .module_cache import blocks_for, launch
+from .q8_activations import Q8Activations, empty_codes
 
 
-def _gated(gate_up: cupy.ndarray, use_gelu: int) -> cupy.ndarray:
+def _gated(gate_up: cupy.ndarray, use_gelu: int, quantize_for) -> cupy.ndarray | Q8Activations:
     gate_up = contiguous_f32(gate_up)
     num_tokens, ffn = gate_up.shape[0], gate_up.shape[1] // 2
     out = cupy.empty((num_tokens, ffn), dtype=np.float32)
+    codes = scales = None
+    if quantize_for is not None and takes_q8_codes(quantize_for, num_tokens) and ffn % 32 == 0:
+        codes, scales = empty_codes(num_tokens, ffn)
     if num_tokens * ffn:
-        launch("gated_activation.cu", f"gated_activation<{use_gelu}>", (blocks_for(num_tokens * ffn, 256),),
-               (256,), (gate_up, np.int32(num_tokens), np.int32(ffn), out))
-    return out
+        launch("gated_activation.cu", f"gated_activation<{use_gelu}, {int(codes is not None)}>",
+               (blocks_for(num_tokens * ffn, 256),), (256,),
+               (gate_up, np.int32(num_tokens), np.int32(ffn), out, optional(codes, np.int8), optional(scales)))
+    return out if codes is None else Q8Activations(out, codes, scales)
 
 
 def swiglu(
     gate_up: cupy.ndarray,  # [num_tokens, 2 * ffn] float32
-) -> cupy.ndarray:  # [num_tokens, ffn] float32
-    return _gated(gate_up, 0)
+    quantize_for=None,  # the weight `linear` multiplies the result with, if it is only fed there
+) -> cupy.ndarray | Q8Activations:  # [num_tokens, ffn] float32
+    """silu(gate) * up. With `quantize_for` a weight whose decode GEMV reads q8_32 codes, the
+    launch also emits them (a `Q8Activations`, for `linear` only), as `norm.rms_norm` does."""
+    return _gated(gate_up, 0, quantize_for)
 
 
 def geglu(
     gate_up: cupy.ndarray,  # [num_tokens, 2 * ffn] float32
-) -> cupy.ndarray:  # [num_tokens, ffn] float32
-    return _gated(gate_up, 1)
+    quantize_for=None,  # as for swiglu
+) -> cupy.ndarray | Q8Activations:  # [num_tokens, ffn] float32
+    return _gated(gate_up, 1, quantize_for)
 
 
 def gelu(

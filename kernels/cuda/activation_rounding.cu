@@ -3,19 +3,13 @@
 // fp32 scale: k-quants), f16, bf16, none. Two outputs: the rounded values as floats (or fp16
 // for the cuBLAS path), and for the int8 GEMV the q8_32 codes with their scales.
 
-#include "common.cuh"
+#include "q8_32.cuh"
 
 #define ROUND_NONE 0
 #define ROUND_F16 1
 #define ROUND_BF16 2
 #define ROUND_Q8_32 3
 #define ROUND_Q8_256 4
-
-// 1/scale and the code exactly as NumPy computes them: IEEE division, rint (half to even).
-__device__ __forceinline__ float q8_code(float x, float scale) {
-    const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
-    return rintf(__fmul_rn(x, inv));
-}
 
 // blockDim.x = 256, grid (ceil(num_cols / 256), num_rows). Q8_256 needs num_cols % 256 == 0,
 // Q8_32 needs num_cols % 32 == 0.
@@ -54,9 +48,6 @@ __global__ void quantize_q8_32(const float* __restrict__ x, i64 num_blocks,
                                i8* __restrict__ codes, float* __restrict__ scales) {
     const i64 block = (blockIdx.x * (i64)blockDim.x + threadIdx.x) >> 5;
     if (block >= num_blocks) return;  // whole warps exit together: num_blocks counts warps
-    const int lane = threadIdx.x & 31;
-    const float v = x[block * 32 + lane];
-    const float scale = warp_max(fabsf(v)) / 127.0f;
-    codes[block * 32 + lane] = (i8)(int)q8_code(v, scale);
-    if (lane == 0) scales[block] = round_to_half(scale);
+    const i64 index = block * 32 + (threadIdx.x & 31);
+    store_q8_32(x[index], index, block, codes, scales);
 }

@@ -24,6 +24,7 @@ import numpy as np
 from . import blas
 from .gemv_kquant import KQUANT_DOT_TYPES, gemv_kquant, quantize_q8_256
 from .module_cache import blocks_for, launch
+from .q8_activations import Q8Activations
 from .weights import INT8_DOT_TYPES, QuantizedWeight
 
 GEMV_MAX_TOKENS = 8  # larger batches take the dequantize + cuBLAS path
@@ -90,9 +91,18 @@ def dequantize_rows(
     return out
 
 
-def _gemv(x: cupy.ndarray, weight: QuantizedWeight, bias: cupy.ndarray | None, out: cupy.ndarray) -> None:
+def takes_q8_codes(weight, num_tokens: int) -> bool:
+    """Whether `linear(x, weight)` of `num_tokens` rows runs an int8 GEMV on x's q8_32 codes, so
+    the op producing x may hand them over (`Q8Activations`) instead of floats."""
+    return (isinstance(weight, QuantizedWeight) and 0 < num_tokens <= GEMV_MAX_TOKENS
+            and weight.rounding == "q8_32" and weight.in_features % 32 == 0
+            and any(seg.ggml_type in INT8_DOT_TYPES for seg in weight.segments))
+
+
+def _gemv(x: cupy.ndarray, weight: QuantizedWeight, bias: cupy.ndarray | None, out: cupy.ndarray,
+          quantized: tuple[cupy.ndarray, cupy.ndarray] | None = None) -> None:
     num_tokens, num_cols = x.shape
-    quantized = kquantized = rounded = None
+    kquantized = rounded = None
     for seg in weight.segments:
         out_view = out[:, seg.row_begin:]
         bias_view = bias[seg.row_begin:] if bias is not None else np.uint64(0)
@@ -144,12 +154,13 @@ def _dequant_gemm(x: cupy.ndarray, weight: QuantizedWeight, bias: cupy.ndarray |
 
 
 def linear(
-    x: cupy.ndarray,  # [num_tokens, in_features] float32
+    x: cupy.ndarray | Q8Activations,  # [num_tokens, in_features] float32 (with its q8_32 codes)
     weight: QuantizedWeight,
     bias: cupy.ndarray | None = None,  # [out_features] float32
     generated_rows=None,  # [num_tokens] host bool; the GPU path is chosen by batch size for now
 ) -> cupy.ndarray:  # [num_tokens, out_features] float32
-    x = cupy.ascontiguousarray(x, dtype=np.float32)
+    q8 = x if isinstance(x, Q8Activations) else None
+    x = cupy.ascontiguousarray(x.values if q8 is not None else x, dtype=np.float32)
     num_tokens, num_cols = x.shape
     if num_cols != weight.in_features:
         raise ValueError(f"linear: input has {num_cols} features, weight expects {weight.in_features}")
@@ -164,7 +175,9 @@ def linear(
         # Tiles of GEMV_TILE_TOKENS: with GEMV_MAX_TOKENS raised, every row goes through the same
         # kernel whatever the batch (batch invariance, at GEMV speed).
         for begin in range(0, num_tokens, GEMV_TILE_TOKENS):
-            _gemv(x[begin:begin + GEMV_TILE_TOKENS], weight, bias, out[begin:begin + GEMV_TILE_TOKENS])
+            end = begin + GEMV_TILE_TOKENS
+            quantized = None if q8 is None else (q8.codes[begin:end], q8.scales[begin:end])
+            _gemv(x[begin:end], weight, bias, out[begin:end], quantized)
     else:
         _dequant_gemm(x, weight, bias, out)
     return out

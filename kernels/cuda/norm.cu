@@ -1,14 +1,20 @@
 // RMSNorm (optionally fused with the residual add) and LayerNorm: one CTA per row, float32
 // math with the reference's operation order ((x * inv) * w, products not contracted).
-#include "common.cuh"
+#include "q8_32.cuh"
 
 //   x:        [num_rows, x_stride] float32 (first `hidden` columns used)
 //   residual: [num_rows, hidden] float32 or null; when given, x + residual is normalized and
 //             written to summed_out [num_rows, hidden]
 //   weight:   [hidden] float32;  out: [num_rows, hidden] float32
+//   codes, scales (QUANTIZE only): [num_rows, hidden] int8 and [num_rows, hidden / 32] float32, the
+//             q8_32 rounding of `out` that the next int8 GEMV reads (saves it a quantize launch).
+//             Needs hidden % 32 == 0: blockDim.x is a multiple of 32, so each warp then holds
+//             exactly one 32-block per loop step and all its lanes stay converged.
+template <int QUANTIZE>
 __global__ void rms_norm(const float* __restrict__ x, i64 x_stride, const float* __restrict__ residual,
                          const float* __restrict__ weight, int hidden, float eps,
-                         float* __restrict__ out, float* __restrict__ summed_out) {
+                         float* __restrict__ out, float* __restrict__ summed_out,
+                         i8* __restrict__ codes, float* __restrict__ scales) {
     __shared__ float scratch[32];
     const i64 row = blockIdx.x;
     const float* src = x + row * x_stride;
@@ -25,7 +31,9 @@ __global__ void rms_norm(const float* __restrict__ x, i64 x_stride, const float*
     const float inv = 1.0f / sqrtf(mean_square + eps);
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
         const float v = residual ? summed_out[row * hidden + i] : src[i];
-        out[row * hidden + i] = __fmul_rn(__fmul_rn(v, inv), weight[i]);
+        const float normed = __fmul_rn(__fmul_rn(v, inv), weight[i]);
+        out[row * hidden + i] = normed;
+        if (QUANTIZE) store_q8_32(normed, row * hidden + i, (row * hidden + i) >> 5, codes, scales);
     }
 }
 

@@ -6,26 +6,47 @@ import cupy
 import numpy as np
 
 from .arrays import as_rows, contiguous_f32, optional
+from .linear import takes_q8_codes
 from .module_cache import launch
+from .q8_activations import Q8Activations, empty_codes
 
 
 def _threads(hidden: int) -> int:
     return 1024 if hidden >= 4096 else 256
 
 
+def _rms_norm(
+    x: cupy.ndarray,  # [num_tokens, hidden] float32
+    residual: cupy.ndarray | None,  # [num_tokens, hidden] float32
+    weight: cupy.ndarray,  # [hidden] float32
+    eps: float,
+    quantize_for,  # the weight the result feeds, or None
+) -> tuple[cupy.ndarray | Q8Activations, cupy.ndarray | None]:  # (normed, x + residual or None)
+    num_tokens, hidden = x.shape
+    x, stride = as_rows(x, hidden)
+    out = cupy.empty((num_tokens, hidden), dtype=np.float32)
+    summed = None if residual is None else cupy.empty((num_tokens, hidden), dtype=np.float32)
+    codes = scales = None
+    if quantize_for is not None and takes_q8_codes(quantize_for, num_tokens) and hidden % 32 == 0:
+        codes, scales = empty_codes(num_tokens, hidden)
+    if num_tokens:
+        launch("norm.cu", f"rms_norm<{int(codes is not None)}>", (num_tokens,), (_threads(hidden),),
+               (x, np.int64(stride), optional(residual), contiguous_f32(weight), np.int32(hidden),
+                np.float32(eps), out, optional(summed), optional(codes, np.int8),
+                optional(scales)))
+    return (out if codes is None else Q8Activations(out, codes, scales)), summed
+
+
 def rms_norm(
     x: cupy.ndarray,  # [num_tokens, hidden] float32
     weight: cupy.ndarray,  # [hidden] float32
     eps: float,
-) -> cupy.ndarray:  # [num_tokens, hidden] float32
-    num_tokens, hidden = x.shape
-    x, stride = as_rows(x, hidden)
-    out = cupy.empty((num_tokens, hidden), dtype=np.float32)
-    if num_tokens:
-        launch("norm.cu", "rms_norm", (num_tokens,), (_threads(hidden),),
-               (x, np.int64(stride), np.uint64(0), contiguous_f32(weight), np.int32(hidden),
-                np.float32(eps), out, np.uint64(0)))
-    return out
+    quantize_for=None,  # the weight `linear` multiplies the result with, if it is only fed there
+) -> cupy.ndarray | Q8Activations:  # [num_tokens, hidden] float32
+    """RMSNorm of each row. With `quantize_for` a weight whose decode GEMV reads q8_32 codes (see
+    `linear.takes_q8_codes`), the same launch also emits the codes: the result is then a
+    `Q8Activations` (same float values), to be passed to `linear` only."""
+    return _rms_norm(x, None, weight, eps, quantize_for)[0]
 
 
 def add_rms_norm(
@@ -33,17 +54,9 @@ def add_rms_norm(
     residual: cupy.ndarray,  # [num_tokens, hidden] float32: the running residual stream
     weight: cupy.ndarray,  # [hidden] float32
     eps: float,
-) -> tuple[cupy.ndarray, cupy.ndarray]:  # (normed, x + residual), each [num_tokens, hidden]
-    num_tokens, hidden = x.shape
-    x, stride = as_rows(x, hidden)
-    residual = contiguous_f32(residual)
-    out = cupy.empty((num_tokens, hidden), dtype=np.float32)
-    summed = cupy.empty((num_tokens, hidden), dtype=np.float32)
-    if num_tokens:
-        launch("norm.cu", "rms_norm", (num_tokens,), (_threads(hidden),),
-               (x, np.int64(stride), residual, contiguous_f32(weight), np.int32(hidden),
-                np.float32(eps), out, summed))
-    return out, summed
+    quantize_for=None,  # as for rms_norm
+) -> tuple[cupy.ndarray | Q8Activations, cupy.ndarray]:  # (normed, x + residual), each [num_tokens, hidden]
+    return _rms_norm(x, contiguous_f32(residual), weight, eps, quantize_for)
 
 
 def head_rms_norm(

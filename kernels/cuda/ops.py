@@ -37,6 +37,7 @@ class CudaOps(FaultInjection):
     add_layer_norm = staticmethod(norm.add_layer_norm)
     rope_cos_sin = staticmethod(rope.rope_cos_sin)
     apply_rope = staticmethod(rope.apply_rope)
+    rope_write_kv = staticmethod(rope.rope_write_kv)
     swiglu = staticmethod(activation.swiglu)
     geglu = staticmethod(activation.geglu)
     gelu = staticmethod(activation.gelu)

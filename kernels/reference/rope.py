@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .attention import write_kv
+
 
 @dataclass(frozen=True)
 class YarnScaling:
@@ -114,3 +116,20 @@ def apply_rope(
     else:
         raise ValueError(f"unknown rope style {style!r} (normal, neox)")
     return out
+
+
+def rope_write_kv(
+    q: np.ndarray,  # [num_tokens, num_heads, head_dim] float32
+    k: np.ndarray,  # [num_tokens, num_kv_heads, head_dim] float32
+    v: np.ndarray,  # [num_tokens, num_kv_heads, head_dim] float32
+    cos: np.ndarray,  # [num_tokens, rope_dim // 2] float32
+    sin: np.ndarray,  # [num_tokens, rope_dim // 2] float32
+    style: str,
+    k_cache: np.ndarray,  # [num_blocks, block_size, num_kv_heads, head_dim] float16, written
+    v_cache: np.ndarray,  # [num_blocks, block_size, num_kv_heads, head_dim] float16, written
+    slot_mapping: np.ndarray,  # [num_tokens] int64
+) -> np.ndarray:  # [num_tokens, num_heads, head_dim] float32: q rotated
+    """Rotate q and k and write k, v into the paged cache: the contract of the CUDA twin, which does
+    it in one launch (the decode step is bound by its kernel count)."""
+    write_kv(k_cache, v_cache, apply_rope(k, cos, sin, style), v, slot_mapping)
+    return apply_rope(q, cos, sin, style)

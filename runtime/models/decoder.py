@@ -3,7 +3,10 @@
 Families that need more than switches (gemma's scaled embeddings, extra norms, gpt2's learned
 positions, ...) subclass `DecoderModel` and override the small hooks (`embed`, `input_embeddings`,
 `attention_block`, `qk_transform`, `attention_options`, `layer_rope`, `rope_scaling_options`,
-`ffn_block`, `load_ffn`); `LayerWeights.index` says which layer a hook runs for.
+`ffn_block`, `load_ffn`); `LayerWeights.index` says which layer a hook runs for. A family whose
+`attention_block` / `ffn_block` reads its input other than through one `ops.linear` also
+overrides `attention_input_weight` / `ffn_input_weight` to return None: on CUDA decode batches
+the norm before the block otherwise returns its output with the 8-bit codes for that linear.
 
 The `norm` switch picks RMSNorm or LayerNorm (with the `*_norm_bias` vectors when the family has
 them); rope_style `none` skips the rotation (learned positions); `attn_output_bias`,
@@ -97,16 +100,20 @@ class DecoderModel:
             cos, sin = rope_tables[index]
             if residual is None:
                 residual = hidden
-                normed = self.norm(hidden, layer["attn_norm"], layer.get("attn_norm_bias"))
+                normed = self.norm(hidden, layer["attn_norm"], layer.get("attn_norm_bias"),
+                                   quantize_for=self.attention_input_weight(layer))
             else:
                 normed, residual = self.add_norm(hidden, residual, layer["attn_norm"],
-                                                 layer.get("attn_norm_bias"))
+                                                 layer.get("attn_norm_bias"),
+                                                 quantize_for=self.attention_input_weight(layer))
             hidden = self.attention_block(layer, normed, cos, sin, batch, kv_caches[index])
-            normed, residual = self.add_norm(hidden, residual, layer["ffn_norm"], layer.get("ffn_norm_bias"))
+            normed, residual = self.add_norm(hidden, residual, layer["ffn_norm"], layer.get("ffn_norm_bias"),
+                                             quantize_for=self.ffn_input_weight(layer))
             hidden = self.ffn_block(layer, normed, batch.generated_rows)
-        hidden = hidden[logits_indices] + residual[logits_indices]
-        logits = ops.linear(self.norm(hidden, self.output_norm, self.output_norm_bias), self.output,
-                            generated_rows=batch.logits_generated_rows)
+        # The last residual add rides in the output norm's launch (same float32 sum as a separate add).
+        normed, _ = self.add_norm(hidden[logits_indices], residual[logits_indices], self.output_norm,
+                                  self.output_norm_bias, quantize_for=self.output)
+        logits = ops.linear(normed, self.output, generated_rows=batch.logits_generated_rows)
         return logits if self.shard is None else self.shard.gather_vocab(logits)
 
     def layer_rope(self, index: int) -> tuple[float, float]:
@@ -172,10 +179,13 @@ class DecoderModel:
         x: Any,  # [num_tokens, hidden] float32
         weight: Any,  # [hidden] float32
         bias: Any = None,  # [hidden] float32 (LayerNorm only)
+        quantize_for: Any = None,  # the linear weight that alone reads the result, if any
     ) -> Any:  # [num_tokens, hidden] float32
+        """With `quantize_for`, the result may come with its 8-bit activation codes for that
+        weight's GEMV (CUDA, decode batches): pass it to `ops.linear` only."""
         if self.config.norm == "layer":
             return self.ops.layer_norm(x, weight, bias, self.config.norm_eps)
-        return self.ops.rms_norm(x, weight, self.config.norm_eps)
+        return self.ops.rms_norm(x, weight, self.config.norm_eps, quantize_for=quantize_for)
 
     def add_norm(
         self,
@@ -183,27 +193,57 @@ class DecoderModel:
         residual: Any,  # [num_tokens, hidden] float32
         weight: Any,  # [hidden] float32
         bias: Any = None,  # [hidden] float32 (LayerNorm only)
+        quantize_for: Any = None,  # as for `norm` (applies to `normed`)
     ) -> tuple[Any, Any]:  # (normed, x + residual), each [num_tokens, hidden] float32
         if self.config.norm == "layer":
             return self.ops.add_layer_norm(x, residual, weight, bias, self.config.norm_eps)
-        return self.ops.add_rms_norm(x, residual, weight, self.config.norm_eps)
+        return self.ops.add_rms_norm(x, residual, weight, self.config.norm_eps, quantize_for=quantize_for)
+
+    def attention_input_weight(self, layer: LayerWeights) -> Any:
+        """The weight that alone reads `attention_block`'s input (its norm may then emit the 8-bit
+        codes that weight's GEMV needs, saving a launch); None for a block that reads it otherwise."""
+        return layer["attn_qkv"]
+
+    def ffn_input_weight(self, layer: LayerWeights) -> Any:
+        """As `attention_input_weight`, for `ffn_block`'s input."""
+        return layer["ffn_gate_up" if self.config.activation in ("swiglu", "geglu") else "ffn_up"]
 
     def attention_block(self, layer: LayerWeights, x: Any, cos: Any, sin: Any,
                         batch: AttentionBatch, kv_cache: tuple[Any, Any]) -> Any:
         cfg, ops = self.layout, self.ops
-        num_tokens = x.shape[0]
         rows = batch.generated_rows
         qkv = ops.linear(x, layer["attn_qkv"], layer.get("attn_qkv_bias"), generated_rows=rows)
+        num_tokens = qkv.shape[0]
         q = qkv[:, : cfg.q_size].reshape(num_tokens, cfg.num_heads, cfg.head_dim)
         k = qkv[:, cfg.q_size : cfg.q_size + cfg.kv_size].reshape(num_tokens, cfg.num_kv_heads, cfg.head_dim)
         v = qkv[:, cfg.q_size + cfg.kv_size :].reshape(num_tokens, cfg.num_kv_heads, cfg.head_dim)
-        q, k = self.qk_transform(layer, q, k, cos, sin)
+        q = self.rotate_and_cache(layer, q, k, v, cos, sin, kv_cache, batch.slot_mapping)
         k_cache, v_cache = kv_cache
-        ops.write_kv(k_cache, v_cache, k, v, batch.slot_mapping)
         attended = ops.paged_attention(q, k_cache, v_cache, batch, cfg.attention_scale,
                                        **self.attention_options(layer))
         return self.row_parallel_linear(attended.reshape(num_tokens, cfg.q_size), layer["attn_output"],
                                         layer.get("attn_output_bias"), rows)
+
+    def rotate_and_cache(
+        self,
+        layer: LayerWeights,
+        q: Any,  # [num_tokens, num_heads, head_dim] float32
+        k: Any,  # [num_tokens, num_kv_heads, head_dim] float32
+        v: Any,  # [num_tokens, num_kv_heads, head_dim] float32
+        cos: Any,  # [num_tokens, rope_dim // 2] float32
+        sin: Any,  # [num_tokens, rope_dim // 2] float32
+        kv_cache: tuple[Any, Any],
+        slot_mapping: Any,  # [num_tokens] int64
+    ) -> Any:  # [num_tokens, num_heads, head_dim] float32: q as attention reads it
+        """`qk_transform`, then k and v into the paged cache. Families that keep the plain rope
+        get the backend's fused op (one launch instead of three per layer of a decode step)."""
+        k_cache, v_cache = kv_cache
+        style = self.config.rope_style
+        if type(self).qk_transform is DecoderModel.qk_transform and style != "none":
+            return self.ops.rope_write_kv(q, k, v, cos, sin, style, k_cache, v_cache, slot_mapping)
+        q, k = self.qk_transform(layer, q, k, cos, sin)
+        self.ops.write_kv(k_cache, v_cache, k, v, slot_mapping)
+        return q
 
     def qk_transform(self, layer: LayerWeights, q: Any, k: Any, cos: Any, sin: Any) -> tuple[Any, Any]:
         style = self.config.rope_style
@@ -218,7 +258,8 @@ class DecoderModel:
         ops = self.ops
         if self.config.activation in ("swiglu", "geglu"):
             gate_up = ops.linear(x, layer["ffn_gate_up"], generated_rows=rows)
-            gated = ops.swiglu(gate_up) if self.config.activation == "swiglu" else ops.geglu(gate_up)
+            gated_activation = ops.swiglu if self.config.activation == "swiglu" else ops.geglu
+            gated = gated_activation(gate_up, quantize_for=layer["ffn_down"])
             return self.row_parallel_linear(gated, layer["ffn_down"], layer.get("ffn_down_bias"), rows)
         up = ops.linear(x, layer["ffn_up"], layer.get("ffn_up_bias"), generated_rows=rows)
         return self.row_parallel_linear(ops.gelu(up), layer["ffn_down"], layer.get("ffn_down_bias"), rows)

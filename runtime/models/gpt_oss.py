@@ -78,6 +78,9 @@ class GptOssModel(DecoderModel):
         return {"sliding_window": self.sliding_window if self.is_sliding[layer.index] else 0,
                 "sinks": layer["attn_sinks"]}
 
+    def ffn_input_weight(self, layer: LayerWeights) -> Any:
+        return None  # the MoE block reads its input for the router and the experts
+
     def ffn_block(self, layer: LayerWeights, x: Any, rows: Any = None) -> Any:
         # x: [num_tokens, hidden] float32 (post_attention_norm applied); -> [num_tokens, hidden]
         ops = self.ops

@@ -86,6 +86,66 @@ def test_rope(cuda_ops, style, num_tokens, num_heads, head_dim, rope_dim):
     np.testing.assert_array_equal(_host(actual), expected)
 
 
+@pytest.mark.parametrize("style", ["normal", "neox"])
+@pytest.mark.parametrize("num_tokens,num_heads,num_kv_heads,head_dim,rope_dim",
+                         [(1, 9, 3, 64, 64), (37, 14, 2, 64, 64), (6, 32, 32, 96, 32), (3, 4, 1, 256, 256),
+                          (5, 15, 5, 80, 64), (2, 1, 1, 2, 2), (8, 7, 7, 34, 18)])
+def test_rope_write_kv_equals_rope_then_write_kv(cuda_ops, style, num_tokens, num_heads, num_kv_heads,
+                                                 head_dim, rope_dim):
+    """The fused launch gives exactly apply_rope(q), apply_rope(k) then write_kv(k, v) (CUDA and the
+    reference): q bit for bit (its output starts as NaN: conftest), every cache slot bit for bit
+    (untouched slots too; padding slots -1 are skipped)."""
+    rng = np.random.default_rng(num_tokens * num_heads + head_dim)
+    q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
+    qkv = rng.standard_normal((num_tokens, q_size + 2 * kv_size), dtype=np.float32)
+    positions = rng.integers(0, 4000, size=num_tokens).astype(np.int32)
+    cos, sin = rope.rope_cos_sin(positions, rope_dim, 10000.0)
+    block_size, num_blocks = 16, num_tokens + 2
+    slots = rng.permutation(num_blocks * block_size)[:num_tokens].astype(np.int64)
+    slots[num_tokens // 2:: 3] = -1  # padding rows of a graph bucket (the middle one at least)
+    shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    cache = rng.standard_normal(shape).astype(np.float16)
+
+    def split(x):
+        return (x[:, :q_size].reshape(num_tokens, num_heads, head_dim),
+                x[:, q_size:q_size + kv_size].reshape(num_tokens, num_kv_heads, head_dim),
+                x[:, q_size + kv_size:].reshape(num_tokens, num_kv_heads, head_dim))
+
+    k_ref, v_ref = cache.copy(), cache.copy()
+    q_h, k_h, v_h = split(qkv)
+    expected_q = rope.apply_rope(q_h, cos, sin, style)
+    attention.write_kv(k_ref, v_ref, rope.apply_rope(k_h, cos, sin, style), v_h, slots)
+    # The unfused CUDA path (three launches) gives the same bits.
+    q_d, k_d, v_d = split(_dev(qkv))
+    k_unfused, v_unfused = _dev(cache), _dev(cache)
+    unfused_q = cuda_ops.apply_rope(q_d, _dev(cos), _dev(sin), style)
+    cuda_ops.write_kv(k_unfused, v_unfused, cuda_ops.apply_rope(k_d, _dev(cos), _dev(sin), style), v_d,
+                      _dev(slots))
+    k_dev, v_dev = _dev(cache), _dev(cache)
+    cos_d, sin_d, slots_d = _dev(cos), _dev(sin), _dev(slots)
+    actual_q = cuda_ops.rope_write_kv(q_d, k_d, v_d, cos_d, sin_d, style, k_dev, v_dev, slots_d)
+    np.testing.assert_array_equal(_host(actual_q), expected_q)
+    np.testing.assert_array_equal(_host(actual_q), _host(unfused_q))
+    np.testing.assert_array_equal(_host(k_dev), k_ref)
+    np.testing.assert_array_equal(_host(v_dev), v_ref)
+    np.testing.assert_array_equal(_host(k_dev), _host(k_unfused))
+    np.testing.assert_array_equal(_host(v_dev), _host(v_unfused))
+    cpu_k, cpu_v = cache.copy(), cache.copy()
+    np.testing.assert_array_equal(rope.rope_write_kv(q_h, k_h, v_h, cos, sin, style, cpu_k, cpu_v, slots),
+                                  expected_q)
+    np.testing.assert_array_equal(cpu_k, k_ref)
+    np.testing.assert_array_equal(cpu_v, v_ref)
+
+
+def test_rope_write_kv_refuses_mismatched_cache(cuda_ops):
+    q = _dev(np.zeros((2, 4, 8), np.float32))
+    k = v = _dev(np.zeros((2, 2, 8), np.float32))
+    cos = sin = _dev(np.ones((2, 4), np.float32))
+    cache = _dev(np.zeros((2, 4, 1, 8), np.float16))  # one kv head, k has two
+    with pytest.raises(ValueError, match="caches"):
+        cuda_ops.rope_write_kv(q, k, v, cos, sin, "neox", cache, cache.copy(), _dev(np.array([0, 1])))
+
+
 @pytest.mark.parametrize("num_tokens,ffn", [(1, 1536), (9, 77), (200, 2048)])
 def test_activations(cuda_ops, num_tokens, ffn):
     rng = np.random.default_rng(ffn)

@@ -155,3 +155,22 @@ def test_write_kv_skips_padding_slots():
     np.testing.assert_array_equal(flat_k[[1, 6]], k[:2].astype(np.float16))
     np.testing.assert_array_equal(flat_v[[1, 6]], v[:2].astype(np.float16))
     assert not flat_k[[0, 2, 3, 4, 5, 7]].any() and not flat_v[[0, 2, 3, 4, 5, 7]].any()
+
+
+def test_rope_write_kv_is_rope_then_write_kv():
+    """The fused op's reference (the contract of its CUDA twin): q rotated, rotated k and v in the cache."""
+    rng = np.random.default_rng(7)
+    q = rng.standard_normal((3, 4, 8), dtype=np.float32)
+    k = rng.standard_normal((3, 2, 8), dtype=np.float32)
+    v = rng.standard_normal((3, 2, 8), dtype=np.float32)
+    cos, sin = rope.rope_cos_sin(np.array([0, 5, 9], np.int32), 8, 10000.0)
+    k_cache = np.zeros((2, 4, 2, 8), np.float16)
+    v_cache = np.zeros_like(k_cache)
+    slots = np.array([1, 6, -1], np.int64)
+    q_rot = rope.rope_write_kv(q, k, v, cos, sin, "neox", k_cache, v_cache, slots)
+    np.testing.assert_array_equal(q_rot, rope.apply_rope(q, cos, sin, "neox"))
+    flat_k, flat_v = k_cache.reshape(8, 2, 8), v_cache.reshape(8, 2, 8)
+    k_rot = rope.apply_rope(k, cos, sin, "neox")
+    np.testing.assert_array_equal(flat_k[[1, 6]], k_rot[:2].astype(np.float16))
+    np.testing.assert_array_equal(flat_v[[1, 6]], v[:2].astype(np.float16))
+    assert not flat_k[[0, 2, 3, 4, 5, 7]].any()  # the padding row (slot -1) wrote nothing
