@@ -167,5 +167,15 @@ class DecodeGraphs:
         self.num_replays += 1
         return logits
 
+    def release(self) -> None:
+        """Destroy the captured graphs (after the device finished them). NCCL counts graphs that
+        captured its collectives, and tearing its communicator down waits, forever, until those
+        graphs are gone: tensor-parallel ranks release their graphs first."""
+        self.ops.synchronize()
+        for bucket in self.buckets.values():
+            bucket.graph = None  # the captured closure refers back to us: break the cycle here
+        self.buckets.clear()
+        self.sizes = []
+
     def num_bytes(self) -> int:
         return self.pool.num_bytes()

@@ -1,7 +1,7 @@
 """Linear layers and the embedding gather over quantized device weights.
 
-Small batches (num_tokens <= GEMV_MAX_TOKENS, i.e. decode): a fused dequantize-GEMV reads each
-weight row once for all tokens. Activations are rounded as ggml rounds them (the reference's
+Small batches (`gemv_max_tokens(weight)`: 16 tokens, 64 for k-quant weights): fused
+dequantize-GEMV tiles of 8 tokens, each reading every weight row once for its tokens. Activations are rounded as ggml rounds them (the reference's
 `round_activations`): for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 into q8_32 codes + fp16 scales and an exact
 int8 dot (dp4a) per block pair; for Q4_K/Q5_K/Q6_K into q8_256 codes + fp32 scales and an
 exact int8 dot per sub-block (gemv_kquant.py); for the other types into float32 values and a
@@ -18,6 +18,8 @@ paths (batch invariance holds within each path, not across the GEMV_MAX_TOKENS b
 """
 from __future__ import annotations
 
+import os
+
 import cupy
 import numpy as np
 
@@ -27,7 +29,14 @@ from .module_cache import blocks_for, launch
 from .q8_activations import Q8Activations
 from .weights import INT8_DOT_TYPES, QuantizedWeight
 
-GEMV_MAX_TOKENS = 8  # larger batches take the dequantize + cuBLAS path
+# Batches up to these sizes run as GEMV tiles of GEMV_TILE_TOKENS (each tile reads the weight
+# once); larger ones dequantize the weight to fp16 + cuBLAS. Measured on the H100 (docs/
+# benchmarks.md, "GEMV or dequantize + cuBLAS"): tiles win at 16 tokens for every type, and up
+# to 64 for the k-quants, whose dequantize path is slow; a Q4_1 model at 64 tokens is faster
+# through cuBLAS. $CUPYSERVE_GEMV_MAX_TOKENS sets both limits (for benchmarking the two paths).
+_LIMIT_OVERRIDE = os.environ.get("CUPYSERVE_GEMV_MAX_TOKENS")
+GEMV_MAX_TOKENS = int(_LIMIT_OVERRIDE or 16)
+KQUANT_GEMV_MAX_TOKENS = int(_LIMIT_OVERRIDE or 64)  # weights made only of Q4_K/Q5_K/Q6_K
 GEMV_TILE_TOKENS = 8  # tokens per GEMV launch (its NUM_TOKENS template bound)
 GEMV_WARPS_PER_CTA = 4
 MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y
@@ -91,10 +100,17 @@ def dequantize_rows(
     return out
 
 
+def gemv_max_tokens(weight: QuantizedWeight) -> int:
+    """The largest batch that `linear` runs as GEMV tiles for this weight."""
+    if all(seg.ggml_type in KQUANT_DOT_TYPES for seg in weight.segments) and weight.rounding == "q8_256":
+        return max(GEMV_MAX_TOKENS, KQUANT_GEMV_MAX_TOKENS)
+    return GEMV_MAX_TOKENS
+
+
 def takes_q8_codes(weight, num_tokens: int) -> bool:
     """Whether `linear(x, weight)` of `num_tokens` rows runs an int8 GEMV on x's q8_32 codes, so
     the op producing x may hand them over (`Q8Activations`) instead of floats."""
-    return (isinstance(weight, QuantizedWeight) and 0 < num_tokens <= GEMV_MAX_TOKENS
+    return (isinstance(weight, QuantizedWeight) and 0 < num_tokens <= gemv_max_tokens(weight)
             and weight.rounding == "q8_32" and weight.in_features % 32 == 0
             and any(seg.ggml_type in INT8_DOT_TYPES for seg in weight.segments))
 
@@ -171,7 +187,7 @@ def linear(
         return out
     if bias is not None:
         bias = cupy.ascontiguousarray(bias, dtype=np.float32)
-    if num_tokens <= GEMV_MAX_TOKENS:
+    if num_tokens <= gemv_max_tokens(weight):
         # Tiles of GEMV_TILE_TOKENS: with GEMV_MAX_TOKENS raised, every row goes through the same
         # kernel whatever the batch (batch invariance, at GEMV speed).
         for begin in range(0, num_tokens, GEMV_TILE_TOKENS):

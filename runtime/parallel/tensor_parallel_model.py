@@ -34,6 +34,7 @@ class TensorParallelModel:
                                  f"{num_gpus} visible")
         self.ops = ops
         self.world_size = world_size
+        self.graphs = None  # rank 0's DecodeGraphs, once captured
         specs = make_specs(device, world_size)
         self.group = WorkerGroup(gguf_file.path, device, world_size, specs[1:])
         try:
@@ -90,6 +91,7 @@ class TensorParallelModel:
         try:
             graphs = DecodeGraphs(self.model, self.ops, kv_cache, max_num_seqs, max_blocks_per_seq,
                                   on_replay=self._send_decode)
+            self.graphs = graphs
             self.num_graph_bytes_per_rank = [graphs.num_bytes(), *self.group.collect("captured", "capturing graphs")]
         except CommunicatorError as exc:
             raise TensorParallelFailure(self.group.mark_failed(f"tensor-parallel collective failed: {exc}")) from None
@@ -110,4 +112,7 @@ class TensorParallelModel:
         """Stop the workers and release the communicator; idempotent."""
         atexit.unregister(self.close)
         self.group.close()
+        if self.graphs is not None:
+            self.graphs.release()  # before the communicator: see DecodeGraphs.release
+            self.graphs = None
         self.communicator.close()

@@ -41,19 +41,19 @@ def worker_main(rank: int, world_size: int, model_path: str, device: str, contro
     from .communicator_specs import build_communicator
     from .rank_model import load_rank_model
 
-    communicator = None
+    communicator = graphs = None
     try:
         select_device(device, rank)
         ops = get_ops(device)
         communicator = build_communicator(comm_spec, rank, world_size)
         model = load_rank_model(GGUFFile.open(model_path), ops, rank, world_size, communicator)
         control.send(("ready", model.num_weight_bytes))
-        kv_cache = graphs = None
+        kv_cache = None
         while True:
             try:
                 kind, message = control.recv()
-            except EOFError:  # rank 0 is gone
-                return
+            except EOFError:  # rank 0 is gone: a graph may still wait on its collectives, so
+                os._exit(1)  # no teardown (it could wait forever); the OS releases the device
             if kind == "close":
                 return
             if kind == "decode":  # a decode step replayed from this rank's graphs
@@ -78,5 +78,7 @@ def worker_main(rank: int, world_size: int, model_path: str, device: str, contro
             pass
         sys.exit(WORKER_ERROR_EXIT)
     finally:
+        if graphs is not None:
+            graphs.release()  # before the communicator: see DecodeGraphs.release
         if communicator is not None:
             communicator.close()
