@@ -139,7 +139,7 @@ class LLMEngine:
         from .parallel.tensor_parallel_model import TensorParallelModel
 
         return TensorParallelModel(self.gguf, self.ops, self.device, self.args.tensor_parallel_size,
-                                   self._progress_reporter())
+                                   self._progress_reporter(), self.args.tensor_parallel_timeout_s)
 
     def close(self) -> None:
         """Stop what the engine started outside this process (tensor-parallel ranks)."""
@@ -286,6 +286,8 @@ class LLMEngine:
                 rows = self._sampling_rows(step_logits, [i for i, _ in sampling])
                 results = self.sampler.sample(rows, [states[i] for i, _ in sampling])
             except self.ops.OutOfMemoryError as exc:
+                if self.check_step is not None:
+                    self.check_step()  # the forward's collectives all completed: the ranks agree
                 return self._fail_step(states, exc)
             for (i, entry), result in zip(sampling, results):
                 sampled[entry.request_id] = result.token_id

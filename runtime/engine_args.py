@@ -25,6 +25,9 @@ class EngineArgs:
     seed: int = 0  # seeds requests that give no seed, so a server run is reproducible
     pull_if_missing: bool = True
     tensor_parallel_size: int = 1  # ranks (processes; GPUs on cuda) the model is split over
+    # A tensor-parallel step (its collectives, until its results reach the host) that takes
+    # longer fails the server: a rank or a collective is hung (NCCL would wait forever).
+    tensor_parallel_timeout_s: float = 300.0
     # A Hugging Face tokenizer.json (or a folder holding one) used instead of the GGUF's vocabulary.
     tokenizer: str | None = None
 
@@ -46,6 +49,8 @@ class EngineArgs:
         if isinstance(self.tensor_parallel_size, bool) or not isinstance(self.tensor_parallel_size, int) \
                 or self.tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size must be an integer >= 1, got {self.tensor_parallel_size!r}")
+        if not self.tensor_parallel_timeout_s > 0:
+            raise ValueError(f"tensor_parallel_timeout_s must be > 0, got {self.tensor_parallel_timeout_s!r}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
         if self.tokenizer is not None:

@@ -80,6 +80,10 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tensor-parallel-size", type=int, default=1, metavar="N",
                    help="split the model over N ranks, one process each (one GPU each on cuda); "
                         "see docs/tensor_parallel.md (default: 1)")
+    p.add_argument("--tensor-parallel-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="a tensor-parallel step still unfinished after this long means a rank or "
+                        "a collective hung: the server fails its requests and exits non-zero "
+                        "(default: 300)")
     p.add_argument("--shutdown-grace-seconds", type=float, default=30.0,
                    help="on SIGTERM/SIGINT, how long running requests may take to finish before "
                         "they are aborted (default: 30)")
@@ -126,6 +130,7 @@ def engine_args_from(ns: argparse.Namespace):
         gpu_memory_limit=ns.gpu_memory_limit,
         enable_prefix_caching=not ns.no_prefix_caching, seed=ns.seed, pull_if_missing=not ns.no_pull,
         tensor_parallel_size=ns.tensor_parallel_size,
+        tensor_parallel_timeout_s=ns.tensor_parallel_timeout,
         tokenizer=ns.tokenizer,
     )
     if ns.model is not None:

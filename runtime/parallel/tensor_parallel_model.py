@@ -16,12 +16,13 @@ from .communicator_specs import build_communicator, make_specs
 from .graph_sync import GraphSpec
 from .rank_model import load_rank_model, plan_for_file
 from .step_plan import StepPlan
-from .worker_group import TensorParallelFailure, WorkerGroup
+from .worker_group import DEFAULT_STEP_TIMEOUT_S, TensorParallelFailure, WorkerGroup
 
 
 class TensorParallelModel:
     def __init__(self, gguf_file: Any, ops: Any, device: str, world_size: int,
-                 on_progress: ProgressCallback | None = None) -> None:
+                 on_progress: ProgressCallback | None = None,
+                 step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S) -> None:
         # An unsplittable file fails here, before any spawn, on every device: MoE experts split
         # over ranks (expert parallelism) run on both backends (`moe_ffn`'s expert_range).
         plan_for_file(gguf_file, world_size)
@@ -36,7 +37,7 @@ class TensorParallelModel:
         self.world_size = world_size
         self.graphs = None  # rank 0's DecodeGraphs, once captured
         specs = make_specs(device, world_size)
-        self.group = WorkerGroup(gguf_file.path, device, world_size, specs[1:])
+        self.group = WorkerGroup(gguf_file.path, device, world_size, specs[1:], step_timeout_s)
         try:
             self.communicator = build_communicator(specs[0], 0, world_size)
             self.model = load_rank_model(gguf_file, ops, 0, world_size, self.communicator, on_progress)
@@ -76,10 +77,17 @@ class TensorParallelModel:
         if self.failure is not None:
             raise TensorParallelFailure(self.failure)
         try:
+            self.group.begin_step()
             self.group.send_step(StepPlan.capture(self.ops, token_ids, batch, logits_indices, kv_caches))
             return self.model.forward(token_ids, batch, kv_caches, logits_indices)
         except CommunicatorError as exc:
             raise TensorParallelFailure(self.group.mark_failed(f"tensor-parallel collective failed: {exc}")) from None
+        except BaseException as exc:
+            # Rank 0 stopped mid-forward (an OOM, say): the other ranks wait in a collective it
+            # will never join, so the group cannot run another step. This step fails as usual.
+            self.group.mark_failed(f"rank 0 failed during a tensor-parallel step ({exc!r}); the "
+                                   f"ranks are out of step and the server must be restarted")
+            raise
 
     def capture_decode_graphs(self, kv_cache: Any, max_num_seqs: int, max_blocks_per_seq: int) -> Any:
         """Every rank captures decode graphs of its shard (graph_sync.py); returns rank 0's
@@ -100,6 +108,7 @@ class TensorParallelModel:
     def _send_decode(self, inputs: Any) -> None:
         if self.failure is not None:
             raise TensorParallelFailure(self.failure)
+        self.group.begin_step()
         self.group.send("decode", inputs)
 
     def check_step(self) -> None:
@@ -107,6 +116,7 @@ class TensorParallelModel:
         aborted collective returns without the peers' terms). Call after the step's host sync."""
         if self.failure is not None:
             raise TensorParallelFailure(self.failure)
+        self.group.end_step()
 
     def close(self) -> None:
         """Stop the workers and release the communicator; idempotent."""

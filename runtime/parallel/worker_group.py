@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+import time
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable
 
@@ -18,6 +19,8 @@ from .worker import worker_main
 
 READY_TIMEOUT_S = 1800.0  # loading a large shard from a cold disk can take minutes
 STOP_TIMEOUT_S = 10.0
+DEFAULT_STEP_TIMEOUT_S = 300.0
+WATCH_INTERVAL_S = 0.5
 
 
 class TensorParallelFailure(RuntimeError):
@@ -26,8 +29,9 @@ class TensorParallelFailure(RuntimeError):
 
 class WorkerGroup:
     def __init__(self, model_path: str, device: str, world_size: int,
-                 comm_specs: list[tuple[str, Any]]) -> None:
-        """Spawn ranks 1..world_size-1; `comm_specs[i]` is rank i+1's communicator spec."""
+                 comm_specs: list[tuple[str, Any]], step_timeout_s: float = DEFAULT_STEP_TIMEOUT_S) -> None:
+        """Spawn ranks 1..world_size-1; `comm_specs[i]` is rank i+1's communicator spec. A step
+        (`begin_step` .. `end_step`) running longer than `step_timeout_s` fails the group."""
         context = multiprocessing.get_context("spawn")
         self.world_size = world_size
         self.controls: list[Connection] = []
@@ -36,6 +40,8 @@ class WorkerGroup:
         self.on_failure: Callable[[str], None] | None = None
         self._is_closing = False
         self._lock = threading.Lock()
+        self.step_timeout_s = step_timeout_s
+        self._step_started: float | None = None  # monotonic time of the running step's start
         for rank in range(1, world_size):
             ours, theirs = context.Pipe(duplex=True)
             process = context.Process(
@@ -100,15 +106,37 @@ class WorkerGroup:
                 self.on_failure(message)
         return self.failure or message
 
+    def begin_step(self) -> None:
+        """A step's collectives start now (rank 0 sent it to the workers)."""
+        if self._step_started is None:
+            self._step_started = time.monotonic()
+
+    def end_step(self) -> None:
+        """The step's results reached rank 0's host: its collectives all completed."""
+        self._step_started = None
+
     def _watch(self) -> None:
+        """Until closing: a worker process that ends, or a step past the timeout, fails the group.
+        A hung step's workers are killed, so what waits on them (pipe reads, NCCL collectives,
+        through the abort the failure triggers) returns."""
         sentinels = {p.sentinel: (rank, p) for rank, p in enumerate(self.processes, start=1)}
-        ready = wait(list(sentinels))  # returns as soon as any worker process ends
-        if self._is_closing:
-            return
-        rank, process = sentinels[ready[0]]
-        process.join(timeout=1.0)
-        self.mark_failed(f"tensor-parallel rank {rank} (pid {process.pid}) exited with code "
-                         f"{process.exitcode}; the server must be restarted")
+        while True:
+            ready = wait(list(sentinels), timeout=WATCH_INTERVAL_S)
+            if self._is_closing:
+                return
+            if ready:
+                rank, process = sentinels[ready[0]]
+                process.join(timeout=1.0)
+                self.mark_failed(f"tensor-parallel rank {rank} (pid {process.pid}) exited with code "
+                                 f"{process.exitcode}; the server must be restarted")
+                return
+            started = self._step_started
+            if started is not None and time.monotonic() - started > self.step_timeout_s:
+                self.mark_failed(f"a tensor-parallel step did not finish in {self.step_timeout_s:g} s "
+                                 f"(a rank or a collective hung); the server must be restarted")
+                for process in self.processes:
+                    process.kill()
+                return
 
     def close(self) -> None:
         """Stop the workers: ask, wait, then terminate any that remain. Idempotent."""

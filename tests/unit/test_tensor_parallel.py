@@ -173,3 +173,30 @@ def test_dead_rank_fails_requests_and_health(synthetic) -> None:
             engine.step()
     finally:
         engine.close()
+
+
+def test_hung_rank_times_out_the_step(synthetic) -> None:
+    """A rank that stops answering (SIGSTOP: alive, but its collectives never come) is what a hung
+    NCCL collective looks like; the step fails after the timeout instead of waiting forever."""
+    path = synthetic("phi3", "q4_0")
+    engine = LLMEngine(EngineArgs(model=str(path), device="cpu", max_model_len=128, max_num_seqs=4,
+                                  kv_cache_memory=8 << 20, tensor_parallel_size=2,
+                                  tensor_parallel_timeout_s=2.0))
+    (worker,) = engine.model.group.processes
+    try:
+        ids = engine.tokenizer.encode("Hello", add_special_tokens=True, parse_special=False)
+        engine.add_request("r", ids, SamplingParams(max_tokens=4, temperature=0.0))
+        os.kill(worker.pid, signal.SIGSTOP)
+        start = time.monotonic()
+        with pytest.raises(TensorParallelFailure, match="did not finish in 2 s"):
+            while engine.has_unfinished():
+                engine.step()
+        assert time.monotonic() - start < 30
+        health = engine.health()
+        assert not health["healthy"] and "hung" in health["fatal_error"]
+    finally:
+        try:
+            os.kill(worker.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        engine.close()
