@@ -137,7 +137,10 @@ def test_plain_array_where_no_int8_gemv_follows(cuda_ops, case):
     """Only decode-sized batches feeding an int8 GEMV get codes; the rest is the plain op."""
     import cupy
 
-    num_tokens, hidden = (9, 512) if case == "prefill_batch" else (2, 512)
+    from cupyserve.kernels.cuda import linear
+
+    # One token past the GEMV limit of a Q4_1 weight: the dequantize + cuBLAS path takes no codes.
+    num_tokens, hidden = (linear.GEMV_MAX_TOKENS + 1, 512) if case == "prefill_batch" else (2, 512)
     if case == "odd_width":
         hidden = 48  # not whole 32-blocks (and not the weight's width: linear would refuse it)
     weight = {"kquant_weight": lambda: _weight(cuda_ops, T.Q4_K, 16, 512, 1),
