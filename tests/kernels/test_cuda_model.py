@@ -1,6 +1,6 @@
 """The full SmolLM2 model on the CUDA backend agrees with the NumPy backend on the same GGUF.
 
-Prefill runs through the dequantize + cuBLAS path (more than 8 rows), decode through the fused
+Prefill runs through the dequantize + cuBLAS path (more than 16 rows), decode through the fused
 GEMV path. The model file: $CUPYSERVE_TEST_GGUF, else .devmodels/ in the checkout, else the
 model cache; skipped when none is there (no download from a GPU test).
 """
