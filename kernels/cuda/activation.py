@@ -5,18 +5,16 @@ import cupy
 import numpy as np
 
 from .arrays import contiguous_f32, optional
-from .linear import takes_q8_codes
+from .linear import codes_for_producer
 from .module_cache import blocks_for, launch
-from .q8_activations import Q8Activations, empty_codes
+from .q8_activations import Q8Activations
 
 
 def _gated(gate_up: cupy.ndarray, use_gelu: int, quantize_for) -> cupy.ndarray | Q8Activations:
     gate_up = contiguous_f32(gate_up)
     num_tokens, ffn = gate_up.shape[0], gate_up.shape[1] // 2
     out = cupy.empty((num_tokens, ffn), dtype=np.float32)
-    codes = scales = None
-    if quantize_for is not None and takes_q8_codes(quantize_for, num_tokens) and ffn % 32 == 0:
-        codes, scales = empty_codes(num_tokens, ffn)
+    codes, scales = codes_for_producer(quantize_for, num_tokens, ffn)
     if num_tokens * ffn:
         launch("gated_activation.cu", f"gated_activation<{use_gelu}, {int(codes is not None)}>",
                (blocks_for(num_tokens * ffn, 256),), (256,),

@@ -26,7 +26,7 @@ import numpy as np
 from . import blas
 from .gemv_kquant import KQUANT_DOT_TYPES, gemv_kquant, quantize_q8_256
 from .module_cache import blocks_for, launch
-from .q8_activations import Q8Activations
+from .q8_activations import Q8Activations, empty_codes
 from .weights import INT8_DOT_TYPES, QuantizedWeight
 
 # Batches up to these sizes run as GEMV tiles of GEMV_TILE_TOKENS (each tile reads the weight
@@ -113,6 +113,19 @@ def takes_q8_codes(weight, num_tokens: int) -> bool:
     return (isinstance(weight, QuantizedWeight) and 0 < num_tokens <= gemv_max_tokens(weight)
             and weight.rounding == "q8_32" and weight.in_features % 32 == 0
             and any(seg.ggml_type in INT8_DOT_TYPES for seg in weight.segments))
+
+
+def codes_for_producer(
+    weight,  # the weight `linear` will multiply the produced activations with, or None
+    num_tokens: int,
+    num_features: int,
+) -> tuple[cupy.ndarray | None, cupy.ndarray | None]:
+    """Empty q8_32 (codes [num_tokens, num_features] int8, scales [num_tokens, num_features / 32]
+    float32) for the op producing `linear`'s input to fill in its own launch; (None, None) when
+    that GEMV takes no codes."""
+    if not takes_q8_codes(weight, num_tokens) or num_features % 32:  # False for weight None too
+        return None, None
+    return empty_codes(num_tokens, num_features)
 
 
 def _gemv(x: cupy.ndarray, weight: QuantizedWeight, bias: cupy.ndarray | None, out: cupy.ndarray,

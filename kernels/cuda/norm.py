@@ -6,9 +6,9 @@ import cupy
 import numpy as np
 
 from .arrays import as_rows, contiguous_f32, optional
-from .linear import takes_q8_codes
+from .linear import codes_for_producer
 from .module_cache import launch
-from .q8_activations import Q8Activations, empty_codes
+from .q8_activations import Q8Activations
 
 
 def _threads(hidden: int) -> int:
@@ -26,9 +26,7 @@ def _rms_norm(
     x, stride = as_rows(x, hidden)
     out = cupy.empty((num_tokens, hidden), dtype=np.float32)
     summed = None if residual is None else cupy.empty((num_tokens, hidden), dtype=np.float32)
-    codes = scales = None
-    if quantize_for is not None and takes_q8_codes(quantize_for, num_tokens) and hidden % 32 == 0:
-        codes, scales = empty_codes(num_tokens, hidden)
+    codes, scales = codes_for_producer(quantize_for, num_tokens, hidden)
     if num_tokens:
         launch("norm.cu", f"rms_norm<{int(codes is not None)}>", (num_tokens,), (_threads(hidden),),
                (x, np.int64(stride), optional(residual), contiguous_f32(weight), np.int32(hidden),
