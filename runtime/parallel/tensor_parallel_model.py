@@ -100,7 +100,8 @@ class TensorParallelModel:
             graphs = DecodeGraphs(self.model, self.ops, kv_cache, max_num_seqs, max_blocks_per_seq,
                                   on_replay=self._send_decode)
             self.graphs = graphs
-            self.num_graph_bytes_per_rank = [graphs.num_bytes(), *self.group.collect("captured", "capturing graphs")]
+            worker_bytes = self.group.collect("captured", "capturing graphs")  # waits for every rank
+            log_event("tensor_parallel_graphs_ready", graph_bytes_per_rank=[graphs.num_bytes(), *worker_bytes])
         except CommunicatorError as exc:
             raise TensorParallelFailure(self.group.mark_failed(f"tensor-parallel collective failed: {exc}")) from None
         return graphs
