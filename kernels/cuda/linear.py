@@ -146,7 +146,7 @@ def _gemv(x: cupy.ndarray, weight: QuantizedWeight, bias: cupy.ndarray | None, o
         elif seg.ggml_type in KQUANT_DOT_TYPES and weight.rounding == "q8_256":
             if kquantized is None:
                 kquantized = quantize_q8_256(x)
-            gemv_kquant(seg, kquantized, bias[seg.row_begin:] if bias is not None else None, out_view, out.shape[1])
+            gemv_kquant(seg, kquantized, None if bias is None else bias_view, out_view, out.shape[1])
         else:
             if rounded is None:
                 rounded = round_activations(x, weight.rounding)
