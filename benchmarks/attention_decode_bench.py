@@ -9,6 +9,11 @@ attention.DECODE_TARGET_CTAS (the first value of each is the one the baseline is
 
     git show 7511989:kernels/cuda/paged_attention_decode.cu > old_decode.cu   (the baseline)
     . benchmarks/gpu_env.sh && python3 benchmarks/attention_decode_bench.py --baseline-cu old_decode.cu
+
+`--previous-cu FILE` times, instead of that two-kernel baseline, another version of today's
+kernel (same launcher and signature, e.g. `git show HEAD~1:kernels/cuda/paged_attention_decode.cu`).
+`--cold` evicts L2 before each launch (a 96 MiB fill, timed alone and subtracted), as in a real
+decode step where a layer's weights pass through L2 between two reads of its KV cache.
 """
 from __future__ import annotations
 
@@ -63,29 +68,60 @@ def baseline_attention(kernels, q, k_cache, v_cache, context_lens, block_tables)
     return out
 
 
-def time_graph(function, repeats: int) -> tuple[float, object]:
-    """Median microseconds per launch of `function` over graph replays, and one result."""
+def time_graph(function, repeats: int, flush=None) -> tuple[float, object]:
+    """Median microseconds per launch of `function` over graph replays, and one result. With
+    `flush` (an L2-evicting fill), each launch follows one, and a graph of the fills alone is
+    timed too and subtracted."""
     import cupy
 
     from cupyserve.kernels.cuda.graphs import GraphPool
 
-    pool = GraphPool()
-    graph = pool.capture(lambda: [function() for _ in range(LAUNCHES_PER_GRAPH)][-1])
-    graph.replay()
-    times = []
-    for _ in range(repeats):
-        start, end = cupy.cuda.Event(), cupy.cuda.Event()
-        start.record(pool.stream)
+    def replay_us(body) -> tuple[float, object]:
+        pool = GraphPool()
+        graph = pool.capture(lambda: [body() for _ in range(LAUNCHES_PER_GRAPH)][-1])
         graph.replay()
-        end.record(pool.stream)
-        end.synchronize()
-        times.append(cupy.cuda.get_elapsed_time(start, end) * 1000 / LAUNCHES_PER_GRAPH)
-    return statistics.median(times), cupy.asnumpy(graph.result)
+        times = []
+        for _ in range(repeats):
+            start, end = cupy.cuda.Event(), cupy.cuda.Event()
+            start.record(pool.stream)
+            graph.replay()
+            end.record(pool.stream)
+            end.synchronize()
+            times.append(cupy.cuda.get_elapsed_time(start, end) * 1000 / LAUNCHES_PER_GRAPH)
+        return statistics.median(times), graph.result
+
+    if flush is None:
+        us, result = replay_us(function)
+        return us, cupy.asnumpy(result)
+    flush_us, _ = replay_us(flush)
+    us, result = replay_us(lambda: (flush(), function())[1])
+    return us - flush_us, cupy.asnumpy(result)
+
+
+def use_decode_source(path: Path | None, original_dir: Path) -> None:
+    """Compile paged_attention_decode.cu from `path` (None: this checkout's) from now on."""
+    import shutil
+    import tempfile
+
+    from cupyserve.kernels.cuda import module_cache
+
+    if path is None:
+        module_cache.CUDA_DIR = original_dir
+    else:
+        directory = Path(tempfile.mkdtemp())
+        for item in original_dir.iterdir():
+            if item.suffix in (".cu", ".cuh"):
+                shutil.copy(item, directory / item.name)
+        shutil.copy(path, directory / "paged_attention_decode.cu")
+        module_cache.CUDA_DIR = directory
+    module_cache._functions.clear()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline-cu", type=Path, help="old paged_attention_decode.cu (omit: new kernel only)")
+    parser.add_argument("--previous-cu", type=Path, help="another paged_attention_decode.cu, same signature")
+    parser.add_argument("--cold", action="store_true", help="evict L2 before every launch")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warp-tiles", default="1", help="MIN_WARP_TILES_PER_SPLIT values, e.g. 1,2,4")
     parser.add_argument("--target-ctas", default="256", help="DECODE_TARGET_CTAS values, e.g. 132,256,512")
@@ -96,7 +132,12 @@ def main() -> None:
     from cupyserve.kernels.batch import AttentionBatch
     from cupyserve.kernels.cuda import attention
 
+    from cupyserve.kernels.cuda import module_cache
+
     baseline = compile_baseline(args.baseline_cu) if args.baseline_cu else None
+    checkout_dir = module_cache.CUDA_DIR
+    scratch = cupy.empty(96 << 20, dtype=cupy.uint8)
+    flush = (lambda: scratch.fill(1)) if args.cold else None
     defaults = attention.DECODE_TARGET_CTAS, attention.MIN_WARP_TILES_PER_SPLIT
     rng = np.random.default_rng(0)
     records = []
@@ -120,7 +161,7 @@ def main() -> None:
                     for warp_tiles in [int(v) for v in args.warp_tiles.split(",")]:
                         attention.DECODE_TARGET_CTAS, attention.MIN_WARP_TILES_PER_SPLIT = target_ctas, warp_tiles
                         us, out = time_graph(
-                            lambda: attention.paged_attention(q, k_cache, v_cache, batch, SCALE), args.repeats)
+                            lambda: attention.paged_attention(q, k_cache, v_cache, batch, SCALE), args.repeats, flush)
                         record[f"new_us[target={target_ctas},tiles={warp_tiles}]"] = round(us, 2)
                         if "new_us" not in record:
                             record["new_us"], new_out = round(us, 2), out
@@ -130,6 +171,13 @@ def main() -> None:
                         lambda: baseline_attention(baseline, q, k_cache, v_cache, context_lens, tables), args.repeats)
                     record.update(old_us=round(old_us, 2), speedup=round(old_us / record["new_us"], 2),
                                   max_abs_diff=float(np.max(np.abs(new_out - old_out))))
+                if args.previous_cu:
+                    use_decode_source(args.previous_cu, checkout_dir)
+                    prev_us, prev_out = time_graph(
+                        lambda: attention.paged_attention(q, k_cache, v_cache, batch, SCALE), args.repeats, flush)
+                    use_decode_source(None, checkout_dir)
+                    record.update(previous_us=round(prev_us, 2), speedup_vs_previous=round(prev_us / record["new_us"], 2),
+                                  max_abs_diff_vs_previous=float(np.max(np.abs(new_out - prev_out))))
                 records.append(record)
                 print(json.dumps(record), flush=True)
     print(json.dumps({"device": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(),
