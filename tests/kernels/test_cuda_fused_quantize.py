@@ -54,7 +54,8 @@ def _activations(rng, num_tokens, width):
 
 
 @pytest.mark.parametrize("ggml_type", [T.Q4_1, T.Q8_0, T.Q4_0, T.Q5_0, T.Q5_1], ids=lambda t: t.name)
-@pytest.mark.parametrize("num_tokens,hidden", [(1, 576), (2, 64), (3, 960), (5, 32), (8, 4096), (7, 5024)])
+@pytest.mark.parametrize("num_tokens,hidden", [(1, 576), (2, 64), (3, 960), (5, 32), (8, 4096), (7, 5024),
+                                               (2, 1056), (1, 16384)])
 def test_rms_norms_emit_exact_codes(cuda_ops, ggml_type, num_tokens, hidden):
     import cupy
 
