@@ -12,6 +12,7 @@ import cupy
 from cupyserve.kernels.batch import AttentionBatch
 from cupyserve.kernels.cuda import activation, attention, linear, norm, rope
 from cupyserve.kernels.cuda.graphs import GraphPool
+from cupyserve.kernels.cuda.q8_activations import Q8Activations
 from cupyserve.runtime.engine import LLMEngine
 from cupyserve.runtime.engine_args import EngineArgs
 
@@ -42,7 +43,9 @@ def ops_of(engine: LLMEngine) -> dict:
         "add_rms_norm": lambda: norm.add_rms_norm(x, x, layer["ffn_norm"], 1e-5),
         "quantize_q8": lambda: linear.quantize_q8_32(x),
         "linear_qkv": lambda: linear.linear(x, layer["attn_qkv"]),
-        "linear_o": lambda: linear.linear(attended, layer["attn_output"]),
+        "linear_o": lambda: linear.linear(attended, layer["attn_output"]),  # rounds its input itself if small
+        "linear_o_two_launch": lambda: linear.linear(
+            Q8Activations(attended, *linear.quantize_q8_32(attended)), layer["attn_output"]),
         "linear_gate_up": lambda: linear.linear(x, layer["ffn_gate_up"]),
         "linear_down": lambda: linear.linear(ffn, layer["ffn_down"]),
         "linear_lm_head": lambda: linear.linear(x, model.output),

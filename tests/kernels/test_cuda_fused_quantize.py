@@ -160,23 +160,26 @@ def test_plain_array_where_no_int8_gemv_follows(cuda_ops, case):
 
 def test_decode_step_launches_no_standalone_quantize_before_fused_gemvs(cuda_ops, monkeypatch):
     """A batch-1 decode step of the real model: the qkv, gate_up, down and output GEMVs read codes
-    from their producers (no quantize_q8_32 launch for them: only the o GEMV's input, from
-    attention, is quantized alone), and rope + KV write is one launch per layer."""
+    from their producers, the o GEMV rounds the attention output in its own launch
+    (gemv_int8_fused): no quantize_q8_32 launch at all for SmolLM2; and rope + KV write is one
+    launch per layer."""
     import collections
 
     from cupyserve.kernels.cuda import module_cache
     from cupyserve.runtime.gguf_loader import GGUFFile
     from test_cuda_model import _Backend, _model_path
 
-    from cupyserve.kernels.cuda.linear import takes_q8_codes
+    from cupyserve.kernels.cuda.linear import fuses_input_rounding, takes_q8_codes
 
     backend = _Backend(cuda_ops, GGUFFile.open(_model_path()), 2, 1)
     num_layers = backend.model.config.num_layers
     if not takes_q8_codes(backend.model.layers[0]["attn_qkv"], 1):
         pytest.skip("this model's qkv GEMV does not read q8_32 codes")
-    # Only the o projections (int8 ones) quantize their input alone; a non-int8 weight rounds in
-    # round_activations instead. SmolLM2 Q4_1: one per layer.
-    expected_quantize = sum(takes_q8_codes(layer["attn_output"], 1) for layer in backend.model.layers)
+    # Only o projections (int8 ones) too large to round their own input quantize it alone; a
+    # non-int8 weight rounds in round_activations instead. SmolLM2 Q4_1: none.
+    o_weights = [layer["attn_output"] for layer in backend.model.layers]
+    expected_fused_o = sum(fuses_input_rounding(w, 1) for w in o_weights)
+    expected_quantize = sum(takes_q8_codes(w, 1) for w in o_weights) - expected_fused_o
     backend.step([(0, [1, 9690, 198], 0)], False)  # prefill (and compiles)
     counts: collections.Counter = collections.Counter()
     real_get_function = module_cache.get_function
@@ -189,6 +192,7 @@ def test_decode_step_launches_no_standalone_quantize_before_fused_gemvs(cuda_ops
     logits = backend.step([(0, [2683], 3)], False)
     assert np.isfinite(logits).all()
     assert counts["quantize_q8_32"] == expected_quantize
+    assert counts["gemv_int8_fused"] == expected_fused_o
     assert counts["rope_write_kv"] == num_layers
     assert counts["apply_rope"] == 0 and counts["write_kv"] == 0
     assert counts["rms_norm"] == 2 * num_layers + 1
