@@ -3,8 +3,9 @@
 // dot (dp4a) times the two scales, as in ggml's vec_dot_q*_q8 kernels, so only the float
 // summation order differs from the NumPy reference. Two entry points with the same dot loop:
 // gemv_int8 reads codes made beforehand (quantize_q8_32, or a producer's Q8Activations);
-// gemv_int8_fused makes them itself in shared memory from float activations, saving that
-// launch. Both give the same bits.
+// gemv_int8_fused makes them itself in shared memory from float activations (plain, or SwiGLU /
+// GeGLU of a [gate | up] input), saving that launch. Both give the same bits.
+#include "gated.cuh"
 #include "q8_32.cuh"
 #include "quant_blocks.cuh"
 
@@ -131,6 +132,8 @@ __global__ void gemv_int8(const u8* __restrict__ weight, i64 row_bytes, int num_
 }
 
 #define GEMV_INPUT_FLOAT 0   // x: [NUM_TOKENS, num_cols] float32 activations
+#define GEMV_INPUT_SWIGLU 1  // x: [NUM_TOKENS, 2 * num_cols] float32 gate | up; silu(gate) * up
+#define GEMV_INPUT_GEGLU 2   // the same with gelu_tanh(gate) * up
 
 // Weight blocks per lane loaded before the rounding phase: at 8 blocks a warp step, 4 cover a
 // row of up to 1024 values (a small model's o projection: all of it) and cost ~16 registers.
@@ -141,7 +144,7 @@ __global__ void gemv_int8(const u8* __restrict__ weight, i64 row_bytes, int num_
 // gemv_int8 on float activations: each CTA first rounds the whole input (all NUM_TOKENS rows)
 // to q8_32 codes in shared memory with store_q8_32, the function quantize_q8_32 and the
 // producers use, so the codes, and then the result, are bit-identical to quantize_q8_32 +
-// gemv_int8. Every CTA repeats the rounding: launchers keep it
+// gemv_int8 (or gated_activation + gemv_int8). Every CTA repeats the rounding: launchers keep it
 // to small inputs (linear.fuses_input_rounding). The weight's first blocks are loaded before
 // that phase, so their latency overlaps it.
 //   x:      see GEMV_INPUT_*; rows contiguous
@@ -170,18 +173,28 @@ __global__ void gemv_int8_fused(const u8* __restrict__ weight, i64 row_bytes, in
     // A warp per 32-block of input (block index i = token * num_blocks + column block), all its
     // loads issued before any rounding. `i < total` is warp-uniform: store_q8_32's shuffles see
     // a converged warp.
-    const int total = NUM_TOKENS * num_blocks;
+    const int total = NUM_TOKENS * num_blocks, num_cols = num_blocks * 32;
     for (int base = warp; base < total; base += GEMV_ROUND_BATCH * warps_per_cta) {
-        float v[GEMV_ROUND_BATCH];
+        float gate[GEMV_ROUND_BATCH], up[GEMV_ROUND_BATCH];
 #pragma unroll
         for (int k = 0; k < GEMV_ROUND_BATCH; ++k) {
             const int i = base + k * warps_per_cta;
-            if (i < total) v[k] = x[(i64)i * 32 + lane];
+            if (i >= total) continue;
+            if (INPUT == GEMV_INPUT_FLOAT) {
+                gate[k] = x[(i64)i * 32 + lane];
+            } else {
+                const int token = i / num_blocks, col = (i - token * num_blocks) * 32 + lane;
+                const float* gate_up = x + (i64)token * 2 * num_cols;
+                gate[k] = gate_up[col];
+                up[k] = gate_up[num_cols + col];
+            }
         }
 #pragma unroll
         for (int k = 0; k < GEMV_ROUND_BATCH; ++k) {
             const int i = base + k * warps_per_cta;
-            if (i < total) store_q8_32(v[k], (i64)i * 32 + lane, i, codes, scales);
+            if (i >= total) continue;
+            const float v = INPUT == GEMV_INPUT_FLOAT ? gate[k] : gated_value<INPUT == GEMV_INPUT_GEGLU>(gate[k], up[k]);
+            store_q8_32(v, (i64)i * 32 + lane, i, codes, scales);
         }
     }
     __syncthreads();

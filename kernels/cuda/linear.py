@@ -25,6 +25,7 @@ import cupy
 import numpy as np
 
 from . import blas
+from .gated_input import GatedInput
 from .gemv_kquant import KQUANT_DOT_TYPES, gemv_kquant, quantize_q8_256
 from .module_cache import blocks_for, launch
 from .q8_activations import Q8Activations, empty_codes
@@ -55,7 +56,9 @@ ROUNDING_MODES = {"none": 0, "f16": 1, "bf16": 2, "q8_32": 3, "q8_256": 4}
 # Past either, linear takes the two-launch path: a size rule, both paths give the same bits.
 FUSED_INPUT_MAX_VALUES = 8192
 FUSED_INPUT_MAX_READ_BYTES = 4 << 20
-FUSED_INPUTS = {"float": 0}  # gemv_int8_fused's INPUT (GEMV_INPUT_* in gemv_int8.cu)
+# gemv_int8_fused's INPUT (GEMV_INPUT_* in gemv_int8.cu): plain floats, or a GatedInput's
+# [gate | up] rows (two floats read a value) whose activation the GEMV applies.
+FUSED_INPUTS = {"float": 0, "swiglu": 1, "geglu": 2}
 
 
 
@@ -132,7 +135,7 @@ def takes_q8_codes(weight, num_tokens: int) -> bool:
 def fuses_input_rounding(weight, num_tokens: int, floats_per_value: int = 1) -> bool:
     """Whether `linear` of `num_tokens` rows of float input runs gemv_int8_fused, rounding the
     input to q8_32 codes inside the GEMV launch (the size rule above). `floats_per_value`: floats
-    each CTA reads per input value (1: plain activations)."""
+    each CTA reads per input value (1: plain activations, 2: a GatedInput's gate and up)."""
     if not (isinstance(weight, QuantizedWeight) and 0 < num_tokens <= gemv_max_tokens(weight)
             and weight.rounding == "q8_32" and weight.in_features % 32 == 0
             and all(seg.ggml_type in INT8_DOT_TYPES for seg in weight.segments)):
@@ -184,7 +187,7 @@ def _gemv(x: cupy.ndarray, weight: QuantizedWeight, bias: cupy.ndarray | None, o
 
 
 def _gemv_fused(
-    x: cupy.ndarray,  # [num_tokens, in_features] float32 rows, contiguous (the FUSED_INPUTS layout)
+    x: cupy.ndarray,  # [num_tokens, in_features] float32, or [num_tokens, 2 * in_features] gate | up; contiguous
     weight: QuantizedWeight,  # every segment an INT8_DOT_TYPES one (fuses_input_rounding)
     bias: cupy.ndarray | None,  # [out_features] float32
     out: cupy.ndarray,  # [num_tokens, out_features] float32
@@ -228,12 +231,31 @@ def _dequant_gemm(x: cupy.ndarray, weight: QuantizedWeight, bias: cupy.ndarray |
         out += bias
 
 
+def _linear_gated(gated: GatedInput, weight: QuantizedWeight, bias: cupy.ndarray | None) -> cupy.ndarray:
+    """act(gate) * up of `gated`, times the weight: only as gemv_int8_fused (one launch a tile)."""
+    num_tokens, ffn = gated.shape
+    if ffn != weight.in_features or not fuses_input_rounding(weight, num_tokens, floats_per_value=2):
+        raise ValueError(f"linear: a GatedInput of {num_tokens} x {ffn} is only for a weight whose GEMV applies "
+                         f"the activation itself (swiglu / geglu checked that for their quantize_for weight)")
+    out = cupy.empty((num_tokens, weight.out_features), dtype=np.float32)
+    if bias is not None:
+        bias = cupy.ascontiguousarray(bias, dtype=np.float32)
+    for begin in range(0, num_tokens, GEMV_TILE_TOKENS):
+        end = begin + GEMV_TILE_TOKENS
+        _gemv_fused(gated.gate_up[begin:end], weight, bias, out[begin:end], gated.activation)
+    return out
+
+
 def linear(
-    x: cupy.ndarray | Q8Activations,  # [num_tokens, in_features] float32 (with its q8_32 codes)
+    x: cupy.ndarray | Q8Activations | GatedInput,  # [num_tokens, in_features] float32 (see below)
     weight: QuantizedWeight,
     bias: cupy.ndarray | None = None,  # [out_features] float32
     generated_rows=None,  # [num_tokens] host bool; the GPU path is chosen by batch size for now
 ) -> cupy.ndarray:  # [num_tokens, out_features] float32
+    """x @ W.T + bias. `x` is float32, or a producer's `Q8Activations` (its codes feed the int8 GEMV),
+    or a `GatedInput` from swiglu / geglu (the GEMV applies the activation itself)."""
+    if isinstance(x, GatedInput):
+        return _linear_gated(x, weight, bias)
     q8 = x if isinstance(x, Q8Activations) else None
     x = cupy.ascontiguousarray(x.values if q8 is not None else x, dtype=np.float32)
     num_tokens, num_cols = x.shape

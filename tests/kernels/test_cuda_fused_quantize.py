@@ -81,9 +81,14 @@ def test_rms_norms_emit_exact_codes(cuda_ops, ggml_type, num_tokens, hidden):
 
 @pytest.mark.parametrize("activation", ["swiglu", "geglu"])
 @pytest.mark.parametrize("num_tokens,ffn", [(1, 1536), (2, 32), (3, 2464), (8, 8192), (6, 96)])
-def test_gated_activations_emit_exact_codes(cuda_ops, activation, num_tokens, ffn):
+def test_gated_activations_emit_exact_codes(cuda_ops, monkeypatch, activation, num_tokens, ffn):
+    """Batches whose down GEMV cannot apply the activation itself (here all, by a size rule of 0;
+    test_cuda_gemv_fused covers the GatedInput path) get the activation launch with codes."""
     import cupy
 
+    from cupyserve.kernels.cuda import linear
+
+    monkeypatch.setattr(linear, "FUSED_INPUT_MAX_VALUES", 0)
     rng = np.random.default_rng([num_tokens, ffn])
     gate_up = cupy.asarray(_activations(rng, num_tokens, 2 * ffn))
     weight = _weight(cuda_ops, T.Q4_1, 29, ffn, ffn)
@@ -159,10 +164,10 @@ def test_plain_array_where_no_int8_gemv_follows(cuda_ops, case):
 
 
 def test_decode_step_launches_no_standalone_quantize_before_fused_gemvs(cuda_ops, monkeypatch):
-    """A batch-1 decode step of the real model: the qkv, gate_up, down and output GEMVs read codes
-    from their producers, the o GEMV rounds the attention output in its own launch
-    (gemv_int8_fused): no quantize_q8_32 launch at all for SmolLM2; and rope + KV write is one
-    launch per layer."""
+    """A batch-1 decode step of the real model: the qkv, gate_up and output GEMVs read codes from
+    their producers, the o GEMV rounds the attention output and the down GEMV applies SwiGLU in
+    their own launches (gemv_int8_fused): for SmolLM2 no quantize_q8_32 and no gated_activation
+    launch at all; and rope + KV write is one launch per layer."""
     import collections
 
     from cupyserve.kernels.cuda import module_cache
@@ -180,6 +185,9 @@ def test_decode_step_launches_no_standalone_quantize_before_fused_gemvs(cuda_ops
     o_weights = [layer["attn_output"] for layer in backend.model.layers]
     expected_fused_o = sum(fuses_input_rounding(w, 1) for w in o_weights)
     expected_quantize = sum(takes_q8_codes(w, 1) for w in o_weights) - expected_fused_o
+    gated = backend.model.config.activation in ("swiglu", "geglu")
+    expected_fused_down = sum(gated and fuses_input_rounding(layer["ffn_down"], 1, floats_per_value=2)
+                              for layer in backend.model.layers)
     backend.step([(0, [1, 9690, 198], 0)], False)  # prefill (and compiles)
     counts: collections.Counter = collections.Counter()
     real_get_function = module_cache.get_function
@@ -192,7 +200,8 @@ def test_decode_step_launches_no_standalone_quantize_before_fused_gemvs(cuda_ops
     logits = backend.step([(0, [2683], 3)], False)
     assert np.isfinite(logits).all()
     assert counts["quantize_q8_32"] == expected_quantize
-    assert counts["gemv_int8_fused"] == expected_fused_o
+    assert counts["gemv_int8_fused"] == expected_fused_o + expected_fused_down
+    assert counts["gated_activation"] == (num_layers if gated else 0) - expected_fused_down
     assert counts["rope_write_kv"] == num_layers
     assert counts["apply_rope"] == 0 and counts["write_kv"] == 0
     assert counts["rms_norm"] == 2 * num_layers + 1

@@ -1,7 +1,8 @@
 """The int8 GEMV that rounds its own float input (gemv_int8_fused): one launch instead of
-quantize_q8_32 + gemv_int8, bit-identical to that two-launch path and within the GEMV tolerance
-of the NumPy reference; the size rule (linear.fuses_input_rounding) keeps the two launches for
-large inputs. Outputs start as NaN (conftest), so a row or column a kernel skips fails."""
+quantize_q8_32 + gemv_int8 (plain activations) or gated_activation + gemv_int8 (a GatedInput from
+swiglu / geglu), bit-identical to that two-launch path and within the GEMV tolerance of the NumPy
+reference; the size rule (linear.fuses_input_rounding) keeps the two launches for large inputs.
+Outputs start as NaN (conftest), so a row or column a kernel skips fails."""
 from __future__ import annotations
 
 import collections
@@ -134,3 +135,88 @@ def test_two_launches_past_the_size_rule(cuda_ops, launches, monkeypatch, case):
         monkeypatch.setattr(linear, "FUSED_INPUT_MAX_READ_BYTES", 1 << 40)
         assert linear.fuses_input_rounding(weight, num_tokens)
         np.testing.assert_array_equal(cupy.asnumpy(cuda_ops.linear(x_d, weight)), two)
+
+
+# NumPy's exp / tanh and CUDA's expf / tanhf may differ in the last bit (test_cuda_elementwise:
+# < 2e-6), and a last-bit change can move a value across a q8 rounding boundary: one code step is
+# 1/127 of its block's maximum. So against NumPy's own activation the tolerance is the one-rounding
+# kind (as the cuBLAS path's); against CUDA's activation floats it is the GEMV's.
+GATED_REFERENCE_TOLERANCE = 2e-3
+
+
+@pytest.mark.parametrize("activation", ["swiglu", "geglu"])
+@pytest.mark.parametrize("ggml_type", INT8_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("num_tokens,ffn,rows", [(1, 1536, 576), (2, 32, 7), (1, 4096, 129), (3, 96, 1000),
+                                                 (9, 256, 40)])
+def test_gated_input_applied_in_the_down_gemv(cuda_ops, launches, monkeypatch, activation, ggml_type,
+                                              num_tokens, ffn, rows):
+    """swiglu / geglu with quantize_for = the down weight launch nothing (a GatedInput) and the
+    down GEMV applies the activation: one launch a tile, bit-identical to the activation launch
+    with codes + gemv_int8 (the path past the size rule)."""
+    import cupy
+
+    from cupyserve.kernels.cuda import linear
+    from cupyserve.kernels.cuda.gated_input import GatedInput
+    from cupyserve.kernels.cuda.q8_activations import Q8Activations
+    from cupyserve.kernels.reference import activation as reference_activation
+
+    rng = np.random.default_rng([int(ggml_type), num_tokens, ffn, rows])
+    raw = random_weight(ggml_type, rows, ffn, rng)
+    gate_up = _activations(rng, num_tokens, 2 * ffn)
+    bias = rng.standard_normal(rows, dtype=np.float32)
+    weight = cuda_ops.load_weight([raw], [ggml_type], ffn)
+    gate_up_d, bias_d = cupy.asarray(gate_up), cupy.asarray(bias)
+    op = getattr(cuda_ops, activation)
+    launches.clear()
+    gated = op(gate_up_d, quantize_for=weight)
+    assert isinstance(gated, GatedInput) and gated.shape == (num_tokens, ffn)
+    fused = cupy.asnumpy(cuda_ops.linear(gated, weight, bias_d))
+    assert launches == {"gemv_int8_fused": -(-num_tokens // linear.GEMV_TILE_TOKENS)}
+
+    monkeypatch.setattr(linear, "FUSED_INPUT_MAX_VALUES", 0)  # the two-launch path
+    with_codes = op(gate_up_d, quantize_for=weight)
+    assert isinstance(with_codes, Q8Activations)
+    launches.clear()
+    np.testing.assert_array_equal(fused, cupy.asnumpy(cuda_ops.linear(with_codes, weight, bias_d)))
+    assert launches == {"gemv_int8": -(-num_tokens // linear.GEMV_TILE_TOKENS)}
+
+    reference_weight = reference.load_weight([raw], [ggml_type], ffn)
+    activated = cupy.asnumpy(op(gate_up_d))
+    assert rel_error(fused, reference.linear(activated, reference_weight, bias)) < GEMV_TOLERANCE
+    expected = reference.linear(getattr(reference_activation, activation)(gate_up), reference_weight, bias)
+    assert rel_error(fused, expected) < GATED_REFERENCE_TOLERANCE
+
+
+@pytest.mark.parametrize("case", ["batch", "width", "weight_type", "no_weight"])
+def test_gated_activation_launched_where_the_gemv_cannot_apply_it(cuda_ops, case):
+    """Past the GEMV limit, for a weight of another width, a weight without an int8 dot, or none:
+    the activation runs as before (Q8Activations or plain floats), never a GatedInput."""
+    import cupy
+
+    from cupyserve.kernels.cuda import linear
+    from cupyserve.kernels.cuda.gated_input import GatedInput
+
+    rng = np.random.default_rng(41)
+    num_tokens = linear.GEMV_MAX_TOKENS + 1 if case == "batch" else 1
+    ffn = 256
+    weight_type = T.Q4_K if case == "weight_type" else T.Q4_1
+    weight_cols = 2 * ffn if case == "width" else ffn
+    weight = (None if case == "no_weight" else
+              cuda_ops.load_weight([random_weight(weight_type, 16, weight_cols, rng)], [weight_type], weight_cols))
+    gate_up = cupy.asarray(_activations(rng, num_tokens, 2 * ffn))
+    result = cuda_ops.swiglu(gate_up, quantize_for=weight)
+    assert not isinstance(result, GatedInput)
+    values = result if isinstance(result, cupy.ndarray) else result.values
+    np.testing.assert_array_equal(cupy.asnumpy(values), cupy.asnumpy(cuda_ops.swiglu(gate_up)))
+
+
+def test_linear_refuses_a_gated_input_for_another_weight(cuda_ops):
+    import cupy
+
+    from cupyserve.kernels.cuda.gated_input import GatedInput
+
+    rng = np.random.default_rng(42)
+    weight = cuda_ops.load_weight([random_weight(T.Q4_1, 8, 64, rng)], [T.Q4_1], 64)
+    gated = GatedInput(cupy.asarray(_activations(rng, 1, 2 * 96)), "swiglu")
+    with pytest.raises(ValueError, match="GatedInput"):
+        cuda_ops.linear(gated, weight)
