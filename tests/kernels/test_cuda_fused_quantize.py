@@ -54,7 +54,8 @@ def _activations(rng, num_tokens, width):
 
 
 @pytest.mark.parametrize("ggml_type", [T.Q4_1, T.Q8_0, T.Q4_0, T.Q5_0, T.Q5_1], ids=lambda t: t.name)
-@pytest.mark.parametrize("num_tokens,hidden", [(1, 576), (2, 64), (3, 960), (5, 32), (8, 4096), (7, 5024)])
+@pytest.mark.parametrize("num_tokens,hidden", [(1, 576), (2, 64), (3, 960), (5, 32), (8, 4096), (7, 5024),
+                                               (2, 1056), (1, 16384)])
 def test_rms_norms_emit_exact_codes(cuda_ops, ggml_type, num_tokens, hidden):
     import cupy
 
@@ -80,9 +81,14 @@ def test_rms_norms_emit_exact_codes(cuda_ops, ggml_type, num_tokens, hidden):
 
 @pytest.mark.parametrize("activation", ["swiglu", "geglu"])
 @pytest.mark.parametrize("num_tokens,ffn", [(1, 1536), (2, 32), (3, 2464), (8, 8192), (6, 96)])
-def test_gated_activations_emit_exact_codes(cuda_ops, activation, num_tokens, ffn):
+def test_gated_activations_emit_exact_codes(cuda_ops, monkeypatch, activation, num_tokens, ffn):
+    """Batches whose down GEMV cannot apply the activation itself (here all, by a size rule of 0;
+    test_cuda_gemv_fused covers the GatedInput path) get the activation launch with codes."""
     import cupy
 
+    from cupyserve.kernels.cuda import linear
+
+    monkeypatch.setattr(linear, "FUSED_INPUT_MAX_VALUES", 0)
     rng = np.random.default_rng([num_tokens, ffn])
     gate_up = cupy.asarray(_activations(rng, num_tokens, 2 * ffn))
     weight = _weight(cuda_ops, T.Q4_1, 29, ffn, ffn)
@@ -158,24 +164,30 @@ def test_plain_array_where_no_int8_gemv_follows(cuda_ops, case):
 
 
 def test_decode_step_launches_no_standalone_quantize_before_fused_gemvs(cuda_ops, monkeypatch):
-    """A batch-1 decode step of the real model: the qkv, gate_up, down and output GEMVs read codes
-    from their producers (no quantize_q8_32 launch for them: only the o GEMV's input, from
-    attention, is quantized alone), and rope + KV write is one launch per layer."""
+    """A batch-1 decode step of the real model: the qkv, gate_up and output GEMVs read codes from
+    their producers, the o GEMV rounds the attention output and the down GEMV applies SwiGLU in
+    their own launches (gemv_int8_fused): for SmolLM2 no quantize_q8_32 and no gated_activation
+    launch at all; and rope + KV write is one launch per layer."""
     import collections
 
     from cupyserve.kernels.cuda import module_cache
     from cupyserve.runtime.gguf_loader import GGUFFile
     from test_cuda_model import _Backend, _model_path
 
-    from cupyserve.kernels.cuda.linear import takes_q8_codes
+    from cupyserve.kernels.cuda.linear import fuses_input_rounding, takes_q8_codes
 
     backend = _Backend(cuda_ops, GGUFFile.open(_model_path()), 2, 1)
     num_layers = backend.model.config.num_layers
     if not takes_q8_codes(backend.model.layers[0]["attn_qkv"], 1):
         pytest.skip("this model's qkv GEMV does not read q8_32 codes")
-    # Only the o projections (int8 ones) quantize their input alone; a non-int8 weight rounds in
-    # round_activations instead. SmolLM2 Q4_1: one per layer.
-    expected_quantize = sum(takes_q8_codes(layer["attn_output"], 1) for layer in backend.model.layers)
+    # Only o projections (int8 ones) too large to round their own input quantize it alone; a
+    # non-int8 weight rounds in round_activations instead. SmolLM2 Q4_1: none.
+    o_weights = [layer["attn_output"] for layer in backend.model.layers]
+    expected_fused_o = sum(fuses_input_rounding(w, 1) for w in o_weights)
+    expected_quantize = sum(takes_q8_codes(w, 1) for w in o_weights) - expected_fused_o
+    gated = backend.model.config.activation in ("swiglu", "geglu")
+    expected_fused_down = sum(gated and fuses_input_rounding(layer["ffn_down"], 1, floats_per_value=2)
+                              for layer in backend.model.layers)
     backend.step([(0, [1, 9690, 198], 0)], False)  # prefill (and compiles)
     counts: collections.Counter = collections.Counter()
     real_get_function = module_cache.get_function
@@ -188,6 +200,8 @@ def test_decode_step_launches_no_standalone_quantize_before_fused_gemvs(cuda_ops
     logits = backend.step([(0, [2683], 3)], False)
     assert np.isfinite(logits).all()
     assert counts["quantize_q8_32"] == expected_quantize
+    assert counts["gemv_int8_fused"] == expected_fused_o + expected_fused_down
+    assert counts["gated_activation"] == (num_layers if gated else 0) - expected_fused_down
     assert counts["rope_write_kv"] == num_layers
     assert counts["apply_rope"] == 0 and counts["write_kv"] == 0
     assert counts["rms_norm"] == 2 * num_layers + 1
