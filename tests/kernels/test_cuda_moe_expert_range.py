@@ -28,6 +28,7 @@ pytestmark = pytest.mark.gpu
 
 NUM_EXPERTS, HIDDEN, FFN, K = 12, 96, 160, 4  # 12 experts split evenly over 2, 3 and 4 ranks
 ROLES = (("gate", FFN, HIDDEN), ("up", FFN, HIDDEN), ("down", HIDDEN, FFN))
+SUM_OF_PARTS_MAX = 1e-5  # float32 regrouping of <= K terms, relative to the terms' norms
 # path: (num_tokens, grouped tensor cores, row tile of the grouped GEMM or None for the GEMV)
 PATHS = {
     "gemv": (5, True, None),
@@ -123,7 +124,13 @@ def test_rank_ops_match_reference_and_sum_to_the_whole_op(cuda_ops, monkeypatch,
         partials.append(actual)
     assert tokens_outside(logits, rank_ranges(world_size)[0])[0]  # token 0 skips rank 0 entirely
     whole = cuda_op(cuda_ops, raws, biases, x, logits)
-    assert_close_to_reference(np.sum(partials, axis=0, dtype=np.float32), whole)
+    # Only the grouping of each token's k float32 terms differs, so the error scale is the size of
+    # the terms, not of their sum: a row whose ranks' parts nearly cancel (seen on the H100: a
+    # row at 0.66% of its own norm) is still exact to float32 rounding of the parts.
+    summed = np.sum(partials, axis=0, dtype=np.float32)
+    parts_norm = np.sum([np.linalg.norm(p, axis=1) for p in partials], axis=0)
+    errors = np.linalg.norm(summed.astype(np.float64) - whole, axis=1) / parts_norm
+    assert np.all(np.isfinite(whole)) and errors.max() <= SUM_OF_PARTS_MAX, errors.max()
 
 
 @pytest.mark.parametrize("expert_range", [(0, 6), (4, 8), (9, 12)])
