@@ -163,14 +163,11 @@ def test_plain_array_where_no_int8_gemv_follows(cuda_ops, case):
     assert isinstance(gated, cupy.ndarray)
 
 
-def test_decode_step_launches_no_standalone_quantize_before_fused_gemvs(cuda_ops, monkeypatch):
+def test_decode_step_launches_no_standalone_quantize_before_fused_gemvs(cuda_ops, launches):
     """A batch-1 decode step of the real model: the qkv, gate_up and output GEMVs read codes from
     their producers, the o GEMV rounds the attention output and the down GEMV applies SwiGLU in
     their own launches (gemv_int8_fused): for SmolLM2 no quantize_q8_32 and no gated_activation
     launch at all; and rope + KV write is one launch per layer."""
-    import collections
-
-    from cupyserve.kernels.cuda import module_cache
     from cupyserve.runtime.gguf_loader import GGUFFile
     from test_cuda_model import _Backend, _model_path
 
@@ -189,14 +186,8 @@ def test_decode_step_launches_no_standalone_quantize_before_fused_gemvs(cuda_ops
     expected_fused_down = sum(gated and fuses_input_rounding(layer["ffn_down"], 1, floats_per_value=2)
                               for layer in backend.model.layers)
     backend.step([(0, [1, 9690, 198], 0)], False)  # prefill (and compiles)
-    counts: collections.Counter = collections.Counter()
-    real_get_function = module_cache.get_function
-
-    def counting_get_function(file_name, name_expression):
-        counts[name_expression.split("<")[0]] += 1
-        return real_get_function(file_name, name_expression)
-
-    monkeypatch.setattr(module_cache, "get_function", counting_get_function)
+    launches.clear()  # count the decode step only
+    counts = launches
     logits = backend.step([(0, [2683], 3)], False)
     assert np.isfinite(logits).all()
     assert counts["quantize_q8_32"] == expected_quantize

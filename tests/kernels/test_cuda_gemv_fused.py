@@ -5,8 +5,6 @@ reference; the size rule (linear.fuses_input_rounding) keeps the two launches fo
 Outputs start as NaN (conftest), so a row or column a kernel skips fails."""
 from __future__ import annotations
 
-import collections
-
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
@@ -27,22 +25,6 @@ def _activations(rng, num_tokens, width):
     if width >= 64:
         x[:, 32:64] = 0.0  # an all-zero block: scale 0, codes 0
     return x
-
-
-@pytest.fixture
-def launches(monkeypatch):
-    """Our kernels launched (by name, template arguments dropped) while the test runs."""
-    from cupyserve.kernels.cuda import module_cache
-
-    counts: collections.Counter = collections.Counter()
-    real_get_function = module_cache.get_function
-
-    def counting_get_function(file_name, name_expression):
-        counts[name_expression.split("<")[0]] += 1
-        return real_get_function(file_name, name_expression)
-
-    monkeypatch.setattr(module_cache, "get_function", counting_get_function)
-    return counts
 
 
 def _two_launch(cuda_ops, x_d, weight, bias_d):
