@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
 
-from quant_samples import random_weight
+from quant_samples import outlier_activations, random_weight
 
 pytestmark = pytest.mark.gpu
 
@@ -45,14 +45,6 @@ def _assert_carries_exact_codes(fused, plain):
     np.testing.assert_array_equal(cupy.asnumpy(fused.scales), ref_scales)
 
 
-def _activations(rng, num_tokens, width):
-    x = rng.standard_normal((num_tokens, width), dtype=np.float32)
-    x[:, : max(1, width // 9)] *= 40.0  # an outlier block, as SmolLM2's massive activations
-    if width >= 64:
-        x[:, 32:64] = 0.0  # an all-zero block: scale 0, codes 0
-    return x
-
-
 @pytest.mark.parametrize("ggml_type", [T.Q4_1, T.Q8_0, T.Q4_0, T.Q5_0, T.Q5_1], ids=lambda t: t.name)
 @pytest.mark.parametrize("num_tokens,hidden", [(1, 576), (2, 64), (3, 960), (5, 32), (8, 4096), (7, 5024),
                                                (2, 1056), (1, 16384)])
@@ -60,7 +52,7 @@ def test_rms_norms_emit_exact_codes(cuda_ops, ggml_type, num_tokens, hidden):
     import cupy
 
     rng = np.random.default_rng([num_tokens, hidden, int(ggml_type)])
-    x, residual = _activations(rng, num_tokens, hidden), _activations(rng, num_tokens, hidden)
+    x, residual = outlier_activations(rng, num_tokens, hidden), outlier_activations(rng, num_tokens, hidden)
     norm_weight = cupy.asarray(rng.standard_normal(hidden, dtype=np.float32))
     weight = _weight(cuda_ops, ggml_type, 37, hidden, hidden)
     x_d, residual_d = cupy.asarray(x), cupy.asarray(residual)
@@ -90,7 +82,7 @@ def test_gated_activations_emit_exact_codes(cuda_ops, monkeypatch, activation, n
 
     monkeypatch.setattr(linear, "FUSED_INPUT_MAX_VALUES", 0)
     rng = np.random.default_rng([num_tokens, ffn])
-    gate_up = cupy.asarray(_activations(rng, num_tokens, 2 * ffn))
+    gate_up = cupy.asarray(outlier_activations(rng, num_tokens, 2 * ffn))
     weight = _weight(cuda_ops, T.Q4_1, 29, ffn, ffn)
     op = getattr(cuda_ops, activation)
     fused, plain = op(gate_up, quantize_for=weight), op(gate_up)
@@ -110,7 +102,7 @@ def test_mixed_segments_use_codes_and_floats(cuda_ops):
     if not cuda_ops.can_fuse(types):
         pytest.skip("Q4_1 and MXFP4 do not fuse")
     weight = cuda_ops.load_weight([random_weight(t, 40, cols, rng) for t in types], types, cols)
-    x = cupy.asarray(_activations(rng, 4, cols))
+    x = cupy.asarray(outlier_activations(rng, 4, cols))
     norm_weight = cupy.asarray(rng.standard_normal(cols, dtype=np.float32))
     fused = cuda_ops.rms_norm(x, norm_weight, 1e-5, quantize_for=weight)
     plain = cuda_ops.rms_norm(x, norm_weight, 1e-5)
@@ -129,7 +121,7 @@ def test_raised_gemv_limit_tiles_the_codes(cuda_ops, monkeypatch):
     monkeypatch.setattr(linear, "GEMV_MAX_TOKENS", 64)
     rng = np.random.default_rng(12)
     weight = _weight(cuda_ops, T.Q4_1, 50, 320, 5)
-    x = cupy.asarray(_activations(rng, 20, 320))
+    x = cupy.asarray(outlier_activations(rng, 20, 320))
     norm_weight = cupy.asarray(rng.standard_normal(320, dtype=np.float32))
     fused = cuda_ops.rms_norm(x, norm_weight, 1e-5, quantize_for=weight)
     plain = cuda_ops.rms_norm(x, norm_weight, 1e-5)
@@ -154,7 +146,7 @@ def test_plain_array_where_no_int8_gemv_follows(cuda_ops, case):
               "no_weight": lambda: None}.get(
         case, lambda: _weight(cuda_ops, T.Q4_1, 16, 512, 4))()
     rng = np.random.default_rng(13)
-    x = cupy.asarray(_activations(rng, num_tokens, hidden))
+    x = cupy.asarray(outlier_activations(rng, num_tokens, hidden))
     norm_weight = cupy.asarray(rng.standard_normal(hidden, dtype=np.float32))
     result = cuda_ops.rms_norm(x, norm_weight, 1e-5, quantize_for=weight)
     assert isinstance(result, cupy.ndarray)

@@ -11,20 +11,12 @@ from gguf import GGMLQuantizationType as T
 
 from cupyserve.kernels.reference import linear as reference
 
-from quant_samples import random_weight, rel_error
+from quant_samples import outlier_activations, random_weight, rel_error
 
 pytestmark = pytest.mark.gpu
 
 INT8_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]
 GEMV_TOLERANCE = 2e-5  # as test_cuda_linear: same codes, only the float32 summation order differs
-
-
-def _activations(rng, num_tokens, width):
-    x = rng.standard_normal((num_tokens, width), dtype=np.float32)
-    x[:, : max(1, width // 9)] *= 40.0  # an outlier block, as SmolLM2's massive activations
-    if width >= 64:
-        x[:, 32:64] = 0.0  # an all-zero block: scale 0, codes 0
-    return x
 
 
 def _two_launch(cuda_ops, x_d, weight, bias_d):
@@ -51,7 +43,7 @@ def test_float_input_rounded_in_the_gemv_launch(cuda_ops, launches, ggml_type, n
 
     rng = np.random.default_rng([int(ggml_type), num_tokens, cols, rows])
     raw = random_weight(ggml_type, rows, cols, rng)
-    x = _activations(rng, num_tokens, cols)
+    x = outlier_activations(rng, num_tokens, cols)
     bias = rng.standard_normal(rows, dtype=np.float32)
     weight = cuda_ops.load_weight([raw], [ggml_type], cols)
     x_d, bias_d = cupy.asarray(x), cupy.asarray(bias)
@@ -73,7 +65,7 @@ def test_fused_segments_each_round_the_input(cuda_ops, launches):
     cols, types = 576, [T.Q4_1, T.Q4_1, T.Q8_0, T.Q4_0]
     raws = [random_weight(t, r, cols, rng) for t, r in zip(types, [64, 33, 65, 7])]
     bias = rng.standard_normal(sum(r.shape[0] for r in raws), dtype=np.float32)
-    x = _activations(rng, 3, cols)
+    x = outlier_activations(rng, 3, cols)
     weight = cuda_ops.load_weight(raws, types, cols)
     x_d, bias_d = cupy.asarray(x), cupy.asarray(bias)
     launches.clear()
@@ -101,7 +93,7 @@ def test_two_launches_past_the_size_rule(cuda_ops, launches, monkeypatch, case):
         pytest.skip("Q4_1 and MXFP4 do not fuse")
     raws = [random_weight(t, rows, cols, rng) for t in types]
     weight = cuda_ops.load_weight(raws, types, cols)
-    x = _activations(rng, num_tokens, cols)
+    x = outlier_activations(rng, num_tokens, cols)
     x_d = cupy.asarray(x)
     assert not linear.fuses_input_rounding(weight, num_tokens) or case == "codes_given"
     launches.clear()
@@ -144,7 +136,7 @@ def test_gated_input_applied_in_the_down_gemv(cuda_ops, launches, monkeypatch, a
 
     rng = np.random.default_rng([int(ggml_type), num_tokens, ffn, rows])
     raw = random_weight(ggml_type, rows, ffn, rng)
-    gate_up = _activations(rng, num_tokens, 2 * ffn)
+    gate_up = outlier_activations(rng, num_tokens, 2 * ffn)
     bias = rng.standard_normal(rows, dtype=np.float32)
     weight = cuda_ops.load_weight([raw], [ggml_type], ffn)
     gate_up_d, bias_d = cupy.asarray(gate_up), cupy.asarray(bias)
@@ -185,7 +177,7 @@ def test_gated_activation_launched_where_the_gemv_cannot_apply_it(cuda_ops, case
     weight_cols = 2 * ffn if case == "width" else ffn
     weight = (None if case == "no_weight" else
               cuda_ops.load_weight([random_weight(weight_type, 16, weight_cols, rng)], [weight_type], weight_cols))
-    gate_up = cupy.asarray(_activations(rng, num_tokens, 2 * ffn))
+    gate_up = cupy.asarray(outlier_activations(rng, num_tokens, 2 * ffn))
     result = cuda_ops.swiglu(gate_up, quantize_for=weight)
     assert not isinstance(result, GatedInput)
     values = result if isinstance(result, cupy.ndarray) else result.values
@@ -199,6 +191,6 @@ def test_linear_refuses_a_gated_input_for_another_weight(cuda_ops):
 
     rng = np.random.default_rng(42)
     weight = cuda_ops.load_weight([random_weight(T.Q4_1, 8, 64, rng)], [T.Q4_1], 64)
-    gated = GatedInput(cupy.asarray(_activations(rng, 1, 2 * 96)), "swiglu")
+    gated = GatedInput(cupy.asarray(outlier_activations(rng, 1, 2 * 96)), "swiglu")
     with pytest.raises(ValueError, match="GatedInput"):
         cuda_ops.linear(gated, weight)
