@@ -98,22 +98,33 @@ def time_graph(function, repeats: int, flush=None) -> tuple[float, object]:
     return us - flush_us, cupy.asnumpy(result)
 
 
-def use_decode_source(path: Path | None, original_dir: Path) -> None:
-    """Compile paged_attention_decode.cu from `path` (None: this checkout's) from now on."""
+def l2_flush():
+    """A launch that evicts L2 (50 MB on the H100): a fill of a 96 MiB buffer of its own."""
+    import cupy
+
+    scratch = cupy.empty(96 << 20, dtype=cupy.uint8)
+    return lambda: scratch.fill(1)
+
+
+def decode_source_dir(path: Path, checkout_dir: Path) -> Path:
+    """A copy of this checkout's kernel sources with paged_attention_decode.cu taken from `path`."""
     import shutil
     import tempfile
 
+    directory = Path(tempfile.mkdtemp())
+    for item in checkout_dir.iterdir():
+        if item.suffix in (".cu", ".cuh"):
+            shutil.copy(item, directory / item.name)
+    shutil.copy(path, directory / "paged_attention_decode.cu")
+    return directory
+
+
+def compile_from(directory: Path) -> None:
+    """Kernels are compiled from `directory` from now on (the compiled-function cache is dropped,
+    since it is keyed by file name, not by folder)."""
     from cupyserve.kernels.cuda import module_cache
 
-    if path is None:
-        module_cache.CUDA_DIR = original_dir
-    else:
-        directory = Path(tempfile.mkdtemp())
-        for item in original_dir.iterdir():
-            if item.suffix in (".cu", ".cuh"):
-                shutil.copy(item, directory / item.name)
-        shutil.copy(path, directory / "paged_attention_decode.cu")
-        module_cache.CUDA_DIR = directory
+    module_cache.CUDA_DIR = directory
     module_cache._functions.clear()
 
 
@@ -130,14 +141,12 @@ def main() -> None:
     import cupy
 
     from cupyserve.kernels.batch import AttentionBatch
-    from cupyserve.kernels.cuda import attention
-
-    from cupyserve.kernels.cuda import module_cache
+    from cupyserve.kernels.cuda import attention, module_cache
 
     baseline = compile_baseline(args.baseline_cu) if args.baseline_cu else None
     checkout_dir = module_cache.CUDA_DIR
-    scratch = cupy.empty(96 << 20, dtype=cupy.uint8)
-    flush = (lambda: scratch.fill(1)) if args.cold else None
+    previous_dir = decode_source_dir(args.previous_cu, checkout_dir) if args.previous_cu else None
+    flush = l2_flush() if args.cold else None
     defaults = attention.DECODE_TARGET_CTAS, attention.MIN_WARP_TILES_PER_SPLIT
     rng = np.random.default_rng(0)
     records = []
@@ -171,11 +180,11 @@ def main() -> None:
                         lambda: baseline_attention(baseline, q, k_cache, v_cache, context_lens, tables), args.repeats)
                     record.update(old_us=round(old_us, 2), speedup=round(old_us / record["new_us"], 2),
                                   max_abs_diff=float(np.max(np.abs(new_out - old_out))))
-                if args.previous_cu:
-                    use_decode_source(args.previous_cu, checkout_dir)
+                if previous_dir:
+                    compile_from(previous_dir)
                     prev_us, prev_out = time_graph(
                         lambda: attention.paged_attention(q, k_cache, v_cache, batch, SCALE), args.repeats, flush)
-                    use_decode_source(None, checkout_dir)
+                    compile_from(checkout_dir)
                     record.update(previous_us=round(prev_us, 2), speedup_vs_previous=round(prev_us / record["new_us"], 2),
                                   max_abs_diff_vs_previous=float(np.max(np.abs(new_out - prev_out))))
                 records.append(record)
