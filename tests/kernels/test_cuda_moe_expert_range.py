@@ -125,8 +125,9 @@ def test_rank_ops_match_reference_and_sum_to_the_whole_op(cuda_ops, monkeypatch,
     assert tokens_outside(logits, rank_ranges(world_size)[0])[0]  # token 0 skips rank 0 entirely
     whole = cuda_op(cuda_ops, raws, biases, x, logits)
     # Only the grouping of each token's k float32 terms differs, so the error scale is the size of
-    # the terms, not of their sum: a row whose ranks' parts nearly cancel (seen on the H100: a
-    # row at 0.66% of its own norm) is still exact to float32 rounding of the parts.
+    # the terms, not of their sum: a row whose ranks' parts nearly cancel is still exact to the
+    # float32 rounding of the parts (seen on the H100: one row 0.66% off relative to its own
+    # norm, most likely such a row; this form of the check has not run on a GPU yet).
     summed = np.sum(partials, axis=0, dtype=np.float32)
     parts_norm = np.sum([np.linalg.norm(p, axis=1) for p in partials], axis=0)
     errors = np.linalg.norm(summed.astype(np.float64) - whole, axis=1) / parts_norm
