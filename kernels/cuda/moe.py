@@ -56,6 +56,9 @@ GEMV_MAX_TOKENS = 8  # larger batches take the grouped GEMM (or grouped int8 til
 # Pairs per grouped int8 tile (moe_int8.cu's ROWS): each tile reads its expert's rows once, so
 # fewer, fuller tiles read less; 8 keeps its accumulators in registers (115 at sm_90, no spills).
 INT8_TILE_ROWS = 8
+# moe_int8.cu takes the layer while the average expert group (pairs / all experts) is below this;
+# past it the grouped GEMM's large tiles, which read each weight block once per 64 rows.
+INT8_MAX_AVERAGE_GROUP = 64
 INT8_WARPS_PER_CTA = 4
 # Expert types moe_int8.cu takes (dot_q8.cuh): activations rounded to q8_32 codes by the reference.
 INT8_TYPES = frozenset({T.MXFP4, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1})
@@ -203,10 +206,10 @@ def _gemv_path(x, selected, k, gate_exps, up_exps, down_exps, biases, alpha, lim
 
 
 def uses_int8_tiles(ggml_type: int, num_pairs: int, num_experts: int) -> bool:
-    """moe_int8.cu takes the layer: an int8-dot type, and groups (pairs / all experts) below a
-    large grouped-GEMM tile on average, where re-reading a weight row per tile of INT8_TILE_ROWS
+    """moe_int8.cu takes the layer: an int8-dot type, and groups (pairs / all experts) below
+    INT8_MAX_AVERAGE_GROUP on average, where re-reading a weight row per tile of INT8_TILE_ROWS
     costs less than the grouped GEMM's padding and slower weight stream."""
-    return ggml_type in INT8_TYPES and num_pairs < LARGE_TILE_ROWS * num_experts
+    return ggml_type in INT8_TYPES and num_pairs < INT8_MAX_AVERAGE_GROUP * num_experts
 
 
 def _int8_matmul(
