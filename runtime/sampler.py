@@ -98,6 +98,10 @@ class Sampler:
         if raw.dtype != np.float32:
             raw = raw.astype(np.float32)
         params = [s.params for s in states]
+        if all(p.is_greedy and p.logprobs is None and not _needs_adjustment(s)
+               for p, s in zip(params, states)):
+            # The common decode batch: one argmax over the rows as they are, nothing else to do.
+            return [SampleResult(int(t), None) for t in ops.to_host(ops.greedy(raw))]
 
         logprob_rows = np.array([i for i, p in enumerate(params) if p.logprobs is not None], np.int64)
         adjusted_rows = np.array(
