@@ -274,7 +274,9 @@ class LLMEngine:
             step_logits = self.runner.execute(entries, wants_all)
         except self.ops.OutOfMemoryError as exc:
             return self._fail_step(states, exc)
-        self.metrics.prompt_tokens.inc(sum(e.num_tokens for e in entries if e.is_prefill))
+        num_prompt_tokens = sum(e.num_tokens for e in entries if e.is_prefill)
+        if num_prompt_tokens:
+            self.metrics.prompt_tokens.inc(num_prompt_tokens)
         sampling = [(i, e) for i, e in enumerate(entries) if e.is_sampling]
         for i, entry in enumerate(entries):
             if wants_all[i]:  # rare: this chunk's rows cross to the host
@@ -297,14 +299,16 @@ class LLMEngine:
         if sampling:
             logprob_by_id = {entry.request_id: r.logprob for (_, entry), r in zip(sampling, results)}
         outputs: list[StepOutput] = []
-        for seq in self.scheduler.update(output, sampled):
+        received = self.scheduler.update(output, sampled)
+        if received:
+            self.metrics.generation_tokens.inc(len(received))
+        for seq in received:
             state = self.requests[seq.request_id]
             token_id = seq.output_ids[-1]
             if state.last_token_time is not None:
                 self.metrics.inter_token_latency.observe(time.monotonic() - state.last_token_time)
             elif state.arrival_time is not None:
                 self.metrics.time_to_first_token.observe(time.monotonic() - state.arrival_time)
-            self.metrics.generation_tokens.inc()
             reason = state.on_token(token_id, logprob_by_id.get(seq.request_id))
             if reason is not None:
                 self.scheduler.finish(seq, reason)
@@ -377,9 +381,13 @@ class LLMEngine:
                   duration=round(now - state.arrival_time, 6), finish_reason=reason)
 
     def _update_gauges(self) -> None:
-        self.metrics.num_requests_running.set(self.scheduler.num_running)
-        self.metrics.num_requests_waiting.set(self.scheduler.num_waiting)
-        self.metrics.kv_cache_usage_perc.set(self.block_manager.usage)
+        values = (self.scheduler.num_running, self.scheduler.num_waiting, self.block_manager.usage)
+        if values == self.metrics.gauge_values:  # most decode steps: nothing moved, skip three locked sets
+            return
+        self.metrics.gauge_values = values
+        self.metrics.num_requests_running.set(values[0])
+        self.metrics.num_requests_waiting.set(values[1])
+        self.metrics.kv_cache_usage_perc.set(values[2])
 
     # ------------------------------------------------------------------ introspection
 

@@ -15,6 +15,8 @@ _E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 
 
 class EngineMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        # (running, waiting, kv usage) as last set: engines skip the three sets when nothing moved.
+        self.gauge_values: tuple | None = None
         p = "cupyserve:"
         self.num_requests_running = Gauge(p + "num_requests_running", "Sequences in the running batch",
                                           registry=registry)
