@@ -7,7 +7,7 @@ and buffer size depends only on (num_tokens, k, num_experts), never on device va
 
 1. routing (moe_route.cu): top-k experts per token and the softmax over their k logits;
 2. experts whose blocks have an int8 dot (MXFP4, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1), while the
-   average expert group is below a large tile (`uses_int8_tiles`): the activations become q8_32
+   average expert group is below INT8_MAX_AVERAGE_GROUP pairs (`uses_int8_tiles`): the activations become q8_32
    codes and moe_int8.cu runs a warp per expert output row over a tile of pairs, an exact dp4a
    dot per block: one pair a tile, read from `selected` itself, up to GEMV_MAX_TOKENS tokens
    (decode: no sort); past that, tiles of INT8_TILE_ROWS pairs of one expert from the counting
@@ -50,7 +50,7 @@ from ..reference.linear import activation_rounding
 from ..reference.moe import check_shapes, local_expert_range
 from .linear import quantize_q8_32, round_activations
 from .module_cache import blocks_for, launch
-from .weights import GPU_TYPES, host_bytes, row_bytes_of, upload_rows
+from .weights import GPU_TYPES, INT8_DOT_TYPES, host_bytes, row_bytes_of, upload_rows
 
 GEMV_MAX_TOKENS = 8  # larger batches take the grouped GEMM (or grouped int8 tiles)
 # Pairs per grouped int8 tile (moe_int8.cu's ROWS): each tile reads its expert's rows once, so
@@ -60,8 +60,9 @@ INT8_TILE_ROWS = 8
 # past it the grouped GEMM's large tiles, which read each weight block once per 64 rows.
 INT8_MAX_AVERAGE_GROUP = 64
 INT8_WARPS_PER_CTA = 4
-# Expert types moe_int8.cu takes (dot_q8.cuh): activations rounded to q8_32 codes by the reference.
-INT8_TYPES = frozenset({T.MXFP4, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1})
+# Expert types moe_int8.cu takes (dot_q8.cuh): linear's int8-dot types, plus MXFP4, whose
+# activations the reference also rounds to q8_32 codes.
+INT8_TYPES = INT8_DOT_TYPES | {T.MXFP4}
 GEMV_WARPS_PER_CTA = 4
 ROUTE_WARPS_PER_CTA = 4
 TILE_N = 64  # output columns per grouped-GEMM CTA (moe_grouped.cu)

@@ -32,6 +32,21 @@ struct Stage {
     u8 exponent[W_ITEMS];  // E8M0 byte of the item's block (read by the part-0 items only)
 };
 
+// Where item `index` of a stage lies, the one mapping that loading and storing both use.
+//   activations: row of the tile, block of the stage, word of 4 codes in the block
+__device__ __forceinline__ void activation_item(int index, int& row, int& block, int& word) {
+    row = index / (MMA_STAGE_BLOCKS * 8);
+    block = index / 8 % MMA_STAGE_BLOCKS;
+    word = index % 8;
+}
+//   weights: matrix (gate / up), column of the tile, block of the stage, part (8 values) of the block
+__device__ __forceinline__ void weight_item(int index, int& w, int& col, int& block, int& part) {
+    w = index / (MMA_TILE_N * MMA_STAGE_BLOCKS * 4);
+    col = index / (MMA_STAGE_BLOCKS * 4) % MMA_TILE_N;
+    block = index / 4 % MMA_STAGE_BLOCKS;
+    part = index % 4;
+}
+
 // TILE_M = 16 * ROWS (16 or 64). Eight warps: ROWS along M (16 rows each) x 8 / ROWS along N.
 // grid (num_row_tiles, ceil(num_out / MMA_TILE_N)), block MMA_THREADS.
 //   w0_raw, w1_raw: [num_experts, num_out, row_bytes] MXFP4 blocks (w1 = up, only when GATE_UP)
@@ -72,15 +87,15 @@ moe_grouped_mxfp4_mma(const u8* __restrict__ w0_raw, const u8* __restrict__ w1_r
     }
     __syncthreads();
 
-    // Item i of a thread: activation word (row, block, word) = index / (B * 8), ...; weight part
-    // (w, col, block, part) likewise, consecutive threads on consecutive words / parts, so a
-    // warp's loads cover contiguous spans. Blocks past num_blocks load zeros (their scale is 0).
+    // Item i of a thread is stage item tid + i * MMA_THREADS (activation_item, weight_item):
+    // consecutive threads take consecutive words / parts, so a warp's loads cover contiguous
+    // spans. Blocks past num_blocks load zeros (their scale is 0).
     auto load_stage = [&](int first_block, StageT& st) {
 #pragma unroll
         for (int i = 0; i < StageT::A_ITEMS; ++i) {
-            const int index = tid + i * MMA_THREADS;
-            const int row = index / (MMA_STAGE_BLOCKS * 8), rest = index % (MMA_STAGE_BLOCKS * 8);
-            const int block = first_block + rest / 8, word = rest % 8, src = act_rows[row];
+            int row, b, word;
+            activation_item(tid + i * MMA_THREADS, row, b, word);
+            const int block = first_block + b, src = act_rows[row];
             st.codes[i] = src >= 0 && block < num_blocks
                 ? *reinterpret_cast<const int*>(codes + src * num_cols + 32 * block + 4 * word) : 0;
         }
@@ -91,11 +106,9 @@ moe_grouped_mxfp4_mma(const u8* __restrict__ w0_raw, const u8* __restrict__ w1_r
         }
 #pragma unroll
         for (int i = 0; i < StageT::W_ITEMS; ++i) {
-            const int index = tid + i * MMA_THREADS;
-            const int w = index / (MMA_TILE_N * MMA_STAGE_BLOCKS * 4);
-            const int rest = index % (MMA_TILE_N * MMA_STAGE_BLOCKS * 4);
-            const int col = rest / (MMA_STAGE_BLOCKS * 4), block = first_block + (rest / 4) % MMA_STAGE_BLOCKS;
-            const int part = rest % 4, out_row = col_base + col;
+            int w, col, b, part;
+            weight_item(tid + i * MMA_THREADS, w, col, b, part);
+            const int block = first_block + b, out_row = col_base + col;
             st.nibbles[i] = 0u;
             st.exponent[i] = 0;
             if (out_row < num_out && block < num_blocks) {
@@ -109,19 +122,17 @@ moe_grouped_mxfp4_mma(const u8* __restrict__ w0_raw, const u8* __restrict__ w1_r
     auto store_stage = [&](const StageT& st, int first_block) {
 #pragma unroll
         for (int i = 0; i < StageT::A_ITEMS; ++i) {
-            const int index = tid + i * MMA_THREADS;
-            const int row = index / (MMA_STAGE_BLOCKS * 8), rest = index % (MMA_STAGE_BLOCKS * 8);
-            const int k = 32 * (rest / 8) + 4 * (rest % 8);
+            int row, b, word;
+            activation_item(tid + i * MMA_THREADS, row, b, word);
+            const int k = 32 * b + 4 * word;
 #pragma unroll
             for (int j = 0; j < 4; ++j) a_tile[row][k + j] = float_to_half((float)(i8)(st.codes[i] >> (8 * j)));
         }
         if (tid < TILE_M * MMA_STAGE_BLOCKS) a_scale[tid / MMA_STAGE_BLOCKS][tid % MMA_STAGE_BLOCKS] = st.a_scale;
 #pragma unroll
         for (int i = 0; i < StageT::W_ITEMS; ++i) {
-            const int index = tid + i * MMA_THREADS;
-            const int w = index / (MMA_TILE_N * MMA_STAGE_BLOCKS * 4);
-            const int rest = index % (MMA_TILE_N * MMA_STAGE_BLOCKS * 4);
-            const int col = rest / (MMA_STAGE_BLOCKS * 4), b = (rest / 4) % MMA_STAGE_BLOCKS, part = rest % 4;
+            int w, col, b, part;
+            weight_item(tid + i * MMA_THREADS, w, col, b, part);
             const int lo = mxfp4_to_int8x4(st.nibbles[i] & 0x0F0F0F0Fu);        // values 4 part + j
             const int hi = mxfp4_to_int8x4((st.nibbles[i] >> 4) & 0x0F0F0F0Fu);  // values 16 + 4 part + j
 #pragma unroll
