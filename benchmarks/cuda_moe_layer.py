@@ -2,7 +2,11 @@
 top-4) per batch size, and which path (fused GEMV or grouped GEMM) ran. Random experts; CUDA
 events around each call, median of `--repeats` after one warm-up call.
 
-    python benchmarks/cuda_moe_layer.py --tokens 1,8,9,64,256,512 [--json out.json]
+    python benchmarks/cuda_moe_layer.py --tokens 1,8,9,64,256,512 [--variants auto,no-int8,all-int8] [--json out.json]
+
+Variants, for comparing the paths on one machine: `auto` (the launcher's choice), `no-int8`
+(moe_int8.cu switched off: the float GEMV and the grouped GEMM take its sizes), `all-int8`
+(moe_int8.cu at every size, past INT8_MAX_AVERAGE_GROUP too).
 
 The layer's share of a decode step is this time x 24 layers; llama.cpp's whole-model numbers on
 this layout are in issue 6 (302 tok/s at batch 1, 2,258 tok/s at 64 sequences).
@@ -31,6 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", default="1,8,9,64,256,512")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--variants", default="auto", help="comma-separated: auto, no-int8, all-int8")
     parser.add_argument("--json")
     args = parser.parse_args()
 
@@ -48,7 +53,13 @@ def main() -> None:
     biases = {name: cupy.asarray(rng.standard_normal((NUM_EXPERTS, w)).astype(np.float32) * 0.1)
               for name, w in (("gate", FFN), ("up", FFN), ("down", HIDDEN))}
     results = []
-    for num_tokens in (int(t) for t in args.tokens.split(",")):
+    int8_types, int8_max_group = moe.INT8_TYPES, moe.INT8_MAX_AVERAGE_GROUP
+    variants = args.variants.split(",")
+    for num_tokens, variant in [(int(t), v) for t in args.tokens.split(",") for v in variants]:
+        if variant not in ("auto", "no-int8", "all-int8"):
+            raise SystemExit(f"unknown variant {variant!r}")
+        moe.INT8_TYPES = frozenset() if variant == "no-int8" else int8_types
+        moe.INT8_MAX_AVERAGE_GROUP = 1 << 30 if variant == "all-int8" else int8_max_group
         x = cupy.asarray(rng.standard_normal((num_tokens, HIDDEN)).astype(np.float32) * 0.1)
         logits = cupy.asarray(rng.standard_normal((num_tokens, NUM_EXPERTS)).astype(np.float32))
         call_args = (x, logits, experts["gate"], biases["gate"], experts["up"], biases["up"],
@@ -63,8 +74,11 @@ def main() -> None:
             stop.synchronize()
             times.append(cupy.cuda.get_elapsed_time(start, stop))
         median_ms = statistics.median(times)
-        path = "gemv" if num_tokens <= moe.GEMV_MAX_TOKENS else "grouped"
-        row = {"tokens": num_tokens, "path": path, "median_ms": round(median_ms, 4),
+        if moe.uses_int8_tiles(MXFP4, num_tokens * NUM_EXPERTS_USED, NUM_EXPERTS):
+            path = "int8 per pair" if num_tokens <= moe.GEMV_MAX_TOKENS else "int8 sorted"
+        else:
+            path = "gemv" if num_tokens <= moe.GEMV_MAX_TOKENS else "grouped"
+        row = {"tokens": num_tokens, "variant": variant, "path": path, "median_ms": round(median_ms, 4),
                "tokens_per_s_per_layer": round(num_tokens / median_ms * 1e3, 1)}
         results.append(row)
         print(json.dumps(row), flush=True)

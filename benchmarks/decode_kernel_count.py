@@ -3,6 +3,10 @@ replays (by type, through the driver's cuGraphGetNodes / cuGraphNodeGetType), an
 breakdown by name, the launches of our own .cu kernels during one eager decode forward (counted
 through kernels/cuda/module_cache.get_function; CuPy elementwise ops and cuBLAS not included).
 
+Expected for SmolLM2-135M Q4_1: 276 graph kernels (9.2 per layer over 30 layers; 306 before the
+o GEMV took over the quantize_q8_32 launch, gemv_int8_fused; 246 measured on the H100 while the
+down GEMV also took over gated_activation, a loss there: linear.FUSED_INPUT_MAX_FLOATS_PER_CTA).
+
     . benchmarks/gpu_env.sh && python3 benchmarks/decode_kernel_count.py MODEL.gguf   (GPU machine)
 """
 from __future__ import annotations

@@ -8,10 +8,13 @@ from __future__ import annotations
 import sys
 
 import cupy
+import numpy as np
 
 from cupyserve.kernels.batch import AttentionBatch
 from cupyserve.kernels.cuda import activation, attention, linear, norm, rope
 from cupyserve.kernels.cuda.graphs import GraphPool
+from cupyserve.kernels.cuda.module_cache import launch
+from cupyserve.kernels.cuda.q8_activations import Q8Activations, empty_codes
 from cupyserve.runtime.engine import LLMEngine
 from cupyserve.runtime.engine_args import EngineArgs
 
@@ -38,11 +41,20 @@ def ops_of(engine: LLMEngine) -> dict:
         block_tables=cupy.arange(num_blocks, dtype=cupy.int32).reshape(1, num_blocks) % engine.kv_cache.num_blocks,
         slot_mapping=cupy.asarray([CONTEXT - 1], cupy.int64), positions=positions, num_seqs=1,
         max_query_len=1, max_context_len=CONTEXT)
+
+    def two_launch_swiglu():  # activation.swiglu's launch with codes, whatever the size rule says
+        out, (codes, scales) = cupy.empty_like(ffn), empty_codes(1, cfg.ffn_size)
+        launch("gated_activation.cu", "gated_activation<0, 1>", (-(-cfg.ffn_size // 256),), (256,),
+               (gate_up, np.int32(1), np.int32(cfg.ffn_size), out, codes, scales))
+        return Q8Activations(out, codes, scales)
+
     return {
         "add_rms_norm": lambda: norm.add_rms_norm(x, x, layer["ffn_norm"], 1e-5),
         "quantize_q8": lambda: linear.quantize_q8_32(x),
         "linear_qkv": lambda: linear.linear(x, layer["attn_qkv"]),
-        "linear_o": lambda: linear.linear(attended, layer["attn_output"]),
+        "linear_o": lambda: linear.linear(attended, layer["attn_output"]),  # rounds its input itself if small
+        "linear_o_two_launch": lambda: linear.linear(
+            Q8Activations(attended, *linear.quantize_q8_32(attended)), layer["attn_output"]),
         "linear_gate_up": lambda: linear.linear(x, layer["ffn_gate_up"]),
         "linear_down": lambda: linear.linear(ffn, layer["ffn_down"]),
         "linear_lm_head": lambda: linear.linear(x, model.output),
@@ -50,6 +62,10 @@ def ops_of(engine: LLMEngine) -> dict:
         "write_kv": lambda: attention.write_kv(k_cache, v_cache, k, k, batch.slot_mapping),
         "paged_attention": lambda: attention.paged_attention(q, k_cache, v_cache, batch, 0.125),
         "swiglu": lambda: activation.swiglu(gate_up),
+        # The down GEMV applying SwiGLU itself (a GatedInput: one launch) vs SwiGLU with codes + GEMV.
+        "swiglu_linear_down": lambda: linear.linear(activation.swiglu(gate_up, quantize_for=layer["ffn_down"]),
+                                                    layer["ffn_down"]),
+        "swiglu_linear_down_two_launch": lambda: linear.linear(two_launch_swiglu(), layer["ffn_down"]),
     }
 
 

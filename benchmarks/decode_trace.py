@@ -1,12 +1,12 @@
-"""Where the batch-1 decode graph's time goes: replays the engine's own bucket-1 CUDA graph under
-PyTorch's CUPTI profiler and prints, per kernel name, the launches per replay and their device
-time, then the replay's span against the sum of its kernels (the rest is launch gaps).
+"""Where a decode step's time goes: replays the engine's own CUDA graph for N sequences (default
+1) under PyTorch's CUPTI profiler and prints, per kernel name, the launches per replay and their
+device time, then the replay's span against the sum of its kernels (the rest is launch gaps).
 
-    . benchmarks/gpu_env.sh && python3 benchmarks/decode_trace.py MODEL.gguf [--json OUT.json]
+    . benchmarks/gpu_env.sh && python3 benchmarks/decode_trace.py MODEL.gguf [--num-seqs N] [--json OUT.json]
 
-(GPU machine; PyTorch is only the tracer here, it runs nothing.) The KV cache holds a 128-token
-prompt plus 64 generated tokens when the graph is replayed, as in the middle of `bench offline`'s
-batch-1 run.
+(GPU machine; PyTorch is only the tracer here, it runs nothing.) Each sequence's KV cache holds a
+128-token prompt plus 64 generated tokens when the graph is replayed, as in the middle of
+`bench offline`'s run at N sequences.
 """
 from __future__ import annotations
 
@@ -25,12 +25,15 @@ from cupyserve.runtime.sampling_params import SamplingParams
 REPLAYS = 30
 
 
-def engine_at_context(model: str) -> tuple[LLMEngine, float]:
-    """An engine whose one sequence has 192 tokens of context, and its median step in ms."""
-    engine = LLMEngine(EngineArgs(model=model, device="cuda", max_num_seqs=1, max_model_len=1024,
+def engine_at_context(model: str, num_seqs: int) -> tuple[LLMEngine, float]:
+    """An engine whose `num_seqs` sequences have 192 tokens of context each, and its median
+    decode step in ms (the steps after the prefills)."""
+    engine = LLMEngine(EngineArgs(model=model, device="cuda", max_num_seqs=num_seqs, max_model_len=1024,
                                   enable_prefix_caching=False))
-    prompt = np.random.default_rng(0).integers(100, 30000, 128).tolist()
-    engine.add_request("trace", prompt, SamplingParams(max_tokens=64, temperature=0.0, ignore_eos=True))
+    rng = np.random.default_rng(0)
+    for i in range(num_seqs):
+        engine.add_request(f"trace-{i}", rng.integers(100, 30000, 128).tolist(),
+                           SamplingParams(max_tokens=64, temperature=0.0, ignore_eos=True))
     steps = []
     while engine.has_unfinished():
         start = time.perf_counter()
@@ -42,12 +45,15 @@ def engine_at_context(model: str) -> tuple[LLMEngine, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
+    parser.add_argument("--num-seqs", type=int, default=1, help="sequences decoding together (default 1)")
     parser.add_argument("--json", help="write the per-kernel table here")
     args = parser.parse_args()
 
-    engine, step_ms = engine_at_context(args.model)
+    engine, step_ms = engine_at_context(args.model, args.num_seqs)
     from torch.profiler import ProfilerActivity, profile  # late: the engine owns the CUDA context first
-    graph = engine.decode_graphs.buckets[1].graph
+    graphs = engine.decode_graphs
+    bucket = next(size for size in graphs.sizes if size >= args.num_seqs)
+    graph = graphs.buckets[bucket].graph
     stream = engine.decode_graphs.pool.stream
     for _ in range(5):
         graph.replay()
@@ -76,7 +82,7 @@ def main() -> None:
     num = len(replays)
     rows = sorted(((sum(v) / num, len(v) / num, statistics.median(v), name) for name, v in by_name.items()),
                   reverse=True)
-    print(f"engine step median {step_ms:.3f} ms; replays traced {num}; kernels per replay "
+    print(f"{args.num_seqs} seqs (graph bucket {bucket}): engine step median {step_ms:.3f} ms; replays traced {num}; kernels per replay "
           f"{len(replays[0]) if replays else 0}; span median {statistics.median(spans):.1f} us; kernel time "
           f"median {statistics.median(busy):.1f} us; gaps {statistics.median(spans) - statistics.median(busy):.1f} us")
     print(f"{'us/replay':>10} {'launches':>8} {'median us':>9}  kernel")
@@ -84,7 +90,7 @@ def main() -> None:
         print(f"{total:10.1f} {count:8.1f} {median:9.2f}  {name}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"step_ms": step_ms, "span_us": statistics.median(spans), "busy_us": statistics.median(busy),
+            json.dump({"num_seqs": args.num_seqs, "bucket": bucket, "step_ms": step_ms, "span_us": statistics.median(spans), "busy_us": statistics.median(busy),
                        "kernels": [dict(name=n, us_per_replay=t, launches=c, median_us=m) for t, c, m, n in rows]},
                       f, indent=1)
     engine.close()

@@ -5,14 +5,18 @@ import cupy
 import numpy as np
 
 from .arrays import contiguous_f32, optional
-from .linear import codes_for_producer
+from .gated_input import GatedInput
+from .linear import codes_for_producer, fuses_input_rounding
 from .module_cache import blocks_for, launch
 from .q8_activations import Q8Activations
 
 
-def _gated(gate_up: cupy.ndarray, use_gelu: int, quantize_for) -> cupy.ndarray | Q8Activations:
+def _gated(gate_up: cupy.ndarray, use_gelu: int, quantize_for) -> cupy.ndarray | Q8Activations | GatedInput:
     gate_up = contiguous_f32(gate_up)
     num_tokens, ffn = gate_up.shape[0], gate_up.shape[1] // 2
+    # A down GEMV that can apply the activation itself gets the [gate | up] rows: no launch here.
+    if fuses_input_rounding(quantize_for, num_tokens, floats_per_value=2) and quantize_for.in_features == ffn:
+        return GatedInput(gate_up, "geglu" if use_gelu else "swiglu")
     out = cupy.empty((num_tokens, ffn), dtype=np.float32)
     codes, scales = codes_for_producer(quantize_for, num_tokens, ffn)
     if num_tokens * ffn:
@@ -25,16 +29,18 @@ def _gated(gate_up: cupy.ndarray, use_gelu: int, quantize_for) -> cupy.ndarray |
 def swiglu(
     gate_up: cupy.ndarray,  # [num_tokens, 2 * ffn] float32
     quantize_for=None,  # the weight `linear` multiplies the result with, if it is only fed there
-) -> cupy.ndarray | Q8Activations:  # [num_tokens, ffn] float32
+) -> cupy.ndarray | Q8Activations | GatedInput:  # [num_tokens, ffn] float32
     """silu(gate) * up. With `quantize_for` a weight whose decode GEMV reads q8_32 codes, the
-    launch also emits them (a `Q8Activations`, for `linear` only), as `norm.rms_norm` does."""
+    result is for `linear` only: a `GatedInput` (nothing launched; the GEMV applies the
+    activation) where `linear.fuses_input_rounding` allows, else a `Q8Activations` (the launch also
+    emits the codes, as `norm.rms_norm` does)."""
     return _gated(gate_up, 0, quantize_for)
 
 
 def geglu(
     gate_up: cupy.ndarray,  # [num_tokens, 2 * ffn] float32
     quantize_for=None,  # as for swiglu
-) -> cupy.ndarray | Q8Activations:  # [num_tokens, ffn] float32
+) -> cupy.ndarray | Q8Activations | GatedInput:  # [num_tokens, ffn] float32
     return _gated(gate_up, 1, quantize_for)
 
 

@@ -1,12 +1,6 @@
 // MLP activations: SwiGLU / GeGLU over [gate | up] rows, and plain tanh-GELU elementwise.
+#include "gated.cuh"
 #include "q8_32.cuh"
-
-__device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
-
-__device__ __forceinline__ float gelu_tanh(float x) {
-    const float inner = 0.7978845608028654f * (x + __fmul_rn(__fmul_rn(__fmul_rn(0.044715f, x), x), x));
-    return __fmul_rn(__fmul_rn(0.5f, x), 1.0f + tanhf(inner));
-}
 
 //   gate_up: [num_tokens, 2 * ffn] float32, gate columns first;  out: [num_tokens, ffn] float32
 //   codes, scales (QUANTIZE only): [num_tokens, ffn] int8 and [num_tokens, ffn / 32] float32, the
@@ -20,7 +14,7 @@ __global__ void gated_activation(const float* __restrict__ gate_up, int num_toke
     const i64 token = index / ffn;
     const int col = (int)(index % ffn);
     const float gate = gate_up[token * 2 * ffn + col], up = gate_up[token * 2 * ffn + ffn + col];
-    const float activated = __fmul_rn(GELU ? gelu_tanh(gate) : silu(gate), up);
+    const float activated = gated_value<GELU>(gate, up);
     out[index] = activated;
     if (QUANTIZE) store_q8_32(activated, index, index >> 5, codes, scales);
 }

@@ -2,7 +2,8 @@
 
 Small batches (`gemv_max_tokens(weight)`: 16 tokens, 64 for k-quant weights): fused
 dequantize-GEMV tiles of 8 tokens, each reading every weight row once for its tokens. Activations are rounded as ggml rounds them (the reference's
-`round_activations`): for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 into q8_32 codes + fp16 scales and an exact
+`round_activations`): for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 into q8_32 codes + fp16 scales (by the
+producer, by the GEMV launch itself for small inputs, else by a quantize launch) and an exact
 int8 dot (dp4a) per block pair; for Q4_K/Q5_K/Q6_K into q8_256 codes + fp32 scales and an
 exact int8 dot per sub-block (gemv_kquant.py); for the other types into float32 values and a
 float dot.
@@ -24,6 +25,7 @@ import cupy
 import numpy as np
 
 from . import blas
+from .gated_input import GatedInput
 from .gemv_kquant import KQUANT_DOT_TYPES, gemv_kquant, quantize_q8_256
 from .module_cache import blocks_for, launch
 from .q8_activations import Q8Activations, empty_codes
@@ -42,6 +44,27 @@ GEMV_WARPS_PER_CTA = 4
 MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y
 TILE_ELEMENTS = 32 << 20  # fp16 scratch for one dequantized weight tile: 64 MiB
 ROUNDING_MODES = {"none": 0, "f16": 1, "bf16": 2, "q8_32": 3, "q8_256": 4}
+# A small int8 GEMV on float activations rounds them in its own launch (gemv_int8_fused): each
+# CTA rounds the whole input tile into shared memory. That saves the quantize_q8_32 launch (~1.6
+# us of a batch-1 step with its launch gap on the H100) but repeats the rounding, and the input's
+# reads from L2, in every CTA; so only where the repeat stays small:
+# - at most FUSED_INPUT_MAX_VALUES values a tile (tokens x in_features): 9 KiB of shared codes and
+#   scales, which does not limit how many CTAs an SM holds (and needs no opt-in past 48 KiB);
+# - at most FUSED_INPUT_MAX_READ_BYTES of input floats read by all CTAs of a launch together
+#   (estimated well under the saved launch at L2 bandwidth; not measured): a large weight (Llama-8B's
+#   o projection reads 17 MB so) keeps the separate quantize launch, which reads each value once.
+# - at most FUSED_INPUT_MAX_FLOATS_PER_CTA input floats a tile (tokens x in_features x floats a
+#   value): the rounding phase runs before any dot in every CTA, so it must stay short. Measured on
+#   the H100 (SmolLM2 batch 1, docs/benchmarks.md): the o projection's 576 floats, fused 3.20 us
+#   against 2.53 + 1.18 us in two launches; the down projection's 2 x 1536 (SwiGLU), fused 7.78 us
+#   against 2.53 + 1.57 us.
+# Past any of them, linear takes the two-launch path: a size rule, both paths give the same bits.
+FUSED_INPUT_MAX_VALUES = 8192
+FUSED_INPUT_MAX_READ_BYTES = 4 << 20
+FUSED_INPUT_MAX_FLOATS_PER_CTA = 1024
+# gemv_int8_fused's INPUT (GEMV_INPUT_* in gemv_int8.cu): plain floats, or a GatedInput's
+# [gate | up] rows (two floats read a value) whose activation the GEMV applies.
+FUSED_INPUTS = {"float": 0, "swiglu": 1, "geglu": 2}
 
 
 
@@ -115,6 +138,21 @@ def takes_q8_codes(weight, num_tokens: int) -> bool:
             and any(seg.ggml_type in INT8_DOT_TYPES for seg in weight.segments))
 
 
+def fuses_input_rounding(weight, num_tokens: int, floats_per_value: int = 1) -> bool:
+    """Whether `linear` of `num_tokens` rows of float input runs gemv_int8_fused, rounding the
+    input to q8_32 codes inside the GEMV launch (the size rule above). `floats_per_value`: floats
+    each CTA reads per input value (1: plain activations, 2: a GatedInput's gate and up)."""
+    if not (isinstance(weight, QuantizedWeight) and 0 < num_tokens <= gemv_max_tokens(weight)
+            and weight.rounding == "q8_32" and weight.in_features % 32 == 0
+            and all(seg.ggml_type in INT8_DOT_TYPES for seg in weight.segments)):
+        return False
+    tile_values = min(num_tokens, GEMV_TILE_TOKENS) * weight.in_features
+    num_ctas = sum(blocks_for(seg.num_rows, GEMV_WARPS_PER_CTA) for seg in weight.segments)
+    return (tile_values <= FUSED_INPUT_MAX_VALUES
+            and tile_values * floats_per_value <= FUSED_INPUT_MAX_FLOATS_PER_CTA
+            and num_ctas * tile_values * 4 * floats_per_value <= FUSED_INPUT_MAX_READ_BYTES)
+
+
 def codes_for_producer(
     weight,  # the weight `linear` will multiply the produced activations with, or None
     num_tokens: int,
@@ -155,6 +193,24 @@ def _gemv(x: cupy.ndarray, weight: QuantizedWeight, bias: cupy.ndarray | None, o
                     rounded, bias_view, out_view, np.int64(out.shape[1])))
 
 
+def _gemv_fused(
+    x: cupy.ndarray,  # [num_tokens, in_features] float32, or [num_tokens, 2 * in_features] gate | up; contiguous
+    weight: QuantizedWeight,  # every segment an INT8_DOT_TYPES one (fuses_input_rounding)
+    bias: cupy.ndarray | None,  # [out_features] float32
+    out: cupy.ndarray,  # [num_tokens, out_features] float32
+    input_kind: str,  # a FUSED_INPUTS key
+) -> None:
+    num_tokens, num_blocks = x.shape[0], weight.in_features // 32
+    shared_bytes = num_tokens * num_blocks * (4 + 32)  # a float scale and 32 int8 codes a block
+    for seg in weight.segments:
+        bias_view = bias[seg.row_begin:] if bias is not None else np.uint64(0)
+        launch("gemv_int8.cu",
+               f"gemv_int8_fused<{int(seg.ggml_type)}, {num_tokens}, {FUSED_INPUTS[input_kind]}>",
+               (blocks_for(seg.num_rows, GEMV_WARPS_PER_CTA),), (32 * GEMV_WARPS_PER_CTA,),
+               (seg.raw, np.int64(seg.row_bytes), np.int32(seg.num_rows), np.int32(num_blocks), x,
+                bias_view, out[:, seg.row_begin:], np.int64(out.shape[1])), shared_mem=shared_bytes)
+
+
 def _gemm_f16(
     x16: cupy.ndarray,  # [num_tokens, K] float16
     w16: cupy.ndarray,  # [rows, K] float16
@@ -182,12 +238,31 @@ def _dequant_gemm(x: cupy.ndarray, weight: QuantizedWeight, bias: cupy.ndarray |
         out += bias
 
 
+def _linear_gated(gated: GatedInput, weight: QuantizedWeight, bias: cupy.ndarray | None) -> cupy.ndarray:
+    """act(gate) * up of `gated`, times the weight: only as gemv_int8_fused (one launch a tile)."""
+    num_tokens, ffn = gated.shape
+    if ffn != weight.in_features or not fuses_input_rounding(weight, num_tokens, floats_per_value=2):
+        raise ValueError(f"linear: a GatedInput of {num_tokens} x {ffn} is only for a weight whose GEMV applies "
+                         f"the activation itself (swiglu / geglu checked that for their quantize_for weight)")
+    out = cupy.empty((num_tokens, weight.out_features), dtype=np.float32)
+    if bias is not None:
+        bias = cupy.ascontiguousarray(bias, dtype=np.float32)
+    for begin in range(0, num_tokens, GEMV_TILE_TOKENS):
+        end = begin + GEMV_TILE_TOKENS
+        _gemv_fused(gated.gate_up[begin:end], weight, bias, out[begin:end], gated.activation)
+    return out
+
+
 def linear(
-    x: cupy.ndarray | Q8Activations,  # [num_tokens, in_features] float32 (with its q8_32 codes)
+    x: cupy.ndarray | Q8Activations | GatedInput,  # [num_tokens, in_features] float32 (see below)
     weight: QuantizedWeight,
     bias: cupy.ndarray | None = None,  # [out_features] float32
     generated_rows=None,  # [num_tokens] host bool; the GPU path is chosen by batch size for now
 ) -> cupy.ndarray:  # [num_tokens, out_features] float32
+    """x @ W.T + bias. `x` is float32, or a producer's `Q8Activations` (its codes feed the int8 GEMV),
+    or a `GatedInput` from swiglu / geglu (the GEMV applies the activation itself)."""
+    if isinstance(x, GatedInput):
+        return _linear_gated(x, weight, bias)
     q8 = x if isinstance(x, Q8Activations) else None
     x = cupy.ascontiguousarray(x.values if q8 is not None else x, dtype=np.float32)
     num_tokens, num_cols = x.shape
@@ -202,9 +277,15 @@ def linear(
         bias = cupy.ascontiguousarray(bias, dtype=np.float32)
     if num_tokens <= gemv_max_tokens(weight):
         # Tiles of GEMV_TILE_TOKENS: with GEMV_MAX_TOKENS raised, every row goes through the same
-        # kernel whatever the batch (batch invariance, at GEMV speed).
+        # kernel whatever the batch (batch invariance, at GEMV speed). Float input of an int8 GEMV
+        # is rounded in the GEMV's own launch where that is cheap, else by quantize_q8_32 first
+        # (fuses_input_rounding; the same bits either way).
+        fused = q8 is None and fuses_input_rounding(weight, num_tokens)
         for begin in range(0, num_tokens, GEMV_TILE_TOKENS):
             end = begin + GEMV_TILE_TOKENS
+            if fused:
+                _gemv_fused(x[begin:end], weight, bias, out[begin:end], "float")
+                continue
             quantized = None if q8 is None else (q8.codes[begin:end], q8.scales[begin:end])
             _gemv(x[begin:end], weight, bias, out[begin:end], quantized)
     else:

@@ -6,16 +6,22 @@ and buffer size depends only on (num_tokens, k, num_experts), never on device va
 `moe_ffn` never synchronizes with the host and can be captured in a CUDA graph:
 
 1. routing (moe_route.cu): top-k experts per token and the softmax over their k logits;
-2. small batches (num_tokens <= GEMV_MAX_TOKENS): a fused dequantize-GEMV per (token, slot)
-   pair, which reads the expert id from device memory (moe_gemv.cu); gate and up share one
-   kernel with the clamped SwiGLU applied in place, then the down GEMV;
-3. large batches: the pairs are counting-sorted by expert on the device into a buffer of
+2. experts whose blocks have an int8 dot (MXFP4, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1), while the
+   average expert group is below INT8_MAX_AVERAGE_GROUP pairs (`uses_int8_tiles`): the activations become q8_32
+   codes and moe_int8.cu runs a warp per expert output row over a tile of pairs, an exact dp4a
+   dot per block: one pair a tile, read from `selected` itself, up to GEMV_MAX_TOKENS tokens
+   (decode: no sort); past that, tiles of INT8_TILE_ROWS pairs of one expert from the counting
+   sort below, so each weight row is read once per tile. Gate and up share one launch with the
+   clamped SwiGLU applied to its outputs, whose codes then feed the down launch;
+3. other types at up to GEMV_MAX_TOKENS tokens: a float dequantize-GEMV per (token, slot) pair
+   (moe_gemv.cu), gate and up in one kernel, then down;
+4. larger batches: the pairs are counting-sorted by expert on the device into a buffer of
    max_row_tiles(num_pairs, E, tile_rows) * tile_rows rows whose groups are padded to tile_rows
    (16 or 64, chosen from the average group size), and a grouped GEMM walks the row tiles, each
    owned by one expert: on tensor cores for MXFP4 (moe_grouped_mma.cu: fp16 mma over the q8
    codes and the doubled E2M1 integers, exact, scaled per 32-block), in float32 SIMT for the
    other types (moe_grouped.cu);
-4. the weighted sum over the k slots in rank order (moe_combine).
+5. the weighted sum over the k slots in rank order (moe_combine).
 
 Numerics: activations are rounded as the reference rounds them (`linear.round_activations`,
 q8_32 for MXFP4/Q8_0), weights are dequantized to float32 as gguf does (or kept as exact integer
@@ -44,9 +50,21 @@ from ..reference.linear import activation_rounding
 from ..reference.moe import check_shapes, local_expert_range
 from .linear import quantize_q8_32, round_activations
 from .module_cache import blocks_for, launch
-from .weights import GPU_TYPES, host_bytes, row_bytes_of, upload_rows
+from .weights import GPU_TYPES, INT8_DOT_TYPES, host_bytes, row_bytes_of, upload_rows
 
-GEMV_MAX_TOKENS = 8  # larger batches take the grouped GEMM
+GEMV_MAX_TOKENS = 8  # larger batches take the grouped GEMM (or grouped int8 tiles)
+# Pairs per grouped int8 tile (moe_int8.cu's ROWS): each tile reads its expert's rows once, so
+# fewer, fuller tiles read less; 8 keeps its accumulators in registers (115 at sm_90, no spills).
+INT8_TILE_ROWS = 8
+# moe_int8.cu takes the layer while the average expert group (pairs / all experts) is below this;
+# past it the grouped GEMM's large tiles, which read each weight block once per 64 rows. Measured
+# on the H100 (gpt-oss-20b layer, benchmarks/cuda_moe_layer.py, docs/benchmarks.md): sorted int8
+# tiles 1.20-1.31 ms vs grouped 1.48 ms at 16 tokens (group 2), 3.1 vs 1.31 ms at 64 (group 8).
+INT8_MAX_AVERAGE_GROUP = 2.5
+INT8_WARPS_PER_CTA = 4
+# Expert types moe_int8.cu takes (dot_q8.cuh): linear's int8-dot types, plus MXFP4, whose
+# activations the reference also rounds to q8_32 codes.
+INT8_TYPES = INT8_DOT_TYPES | {T.MXFP4}
 GEMV_WARPS_PER_CTA = 4
 ROUTE_WARPS_PER_CTA = 4
 TILE_N = 64  # output columns per grouped-GEMM CTA (moe_grouped.cu)
@@ -190,6 +208,47 @@ def _gemv_path(x, selected, k, gate_exps, up_exps, down_exps, biases, alpha, lim
     return y
 
 
+def uses_int8_tiles(ggml_type: int, num_pairs: int, num_experts: int) -> bool:
+    """moe_int8.cu takes the layer: an int8-dot type, and groups (pairs / all experts) below
+    INT8_MAX_AVERAGE_GROUP on average, where re-reading a weight row per tile of INT8_TILE_ROWS
+    costs less than the grouped GEMM's padding and slower weight stream."""
+    return ggml_type in INT8_TYPES and num_pairs < INT8_MAX_AVERAGE_GROUP * num_experts
+
+
+def _int8_matmul(
+    act: cupy.ndarray,  # [num_act_rows, in_features] float32, not yet rounded
+    act_div: int,  # activation row of a pair: pair // act_div
+    weights: ExpertWeights,
+    up_weights: ExpertWeights | None,  # given: out = swiglu_oai(act.w + b0, act.up + b1)
+    tiles: tuple,  # (tile_expert [num_tiles] int32, pairs [num_tiles * rows] int32 or _NULL, rows)
+    bias0, bias1, alpha, limit,
+    out: cupy.ndarray,  # [num_pairs, out_features] float32
+) -> None:
+    tile_expert, pairs, rows = tiles
+    codes, scales = quantize_q8_32(act)
+    gate_up = int(up_weights is not None)
+    launch("moe_int8.cu", f"moe_int8<{int(weights.ggml_type)}, {rows}, {gate_up}>",
+           (blocks_for(weights.out_features, INT8_WARPS_PER_CTA), tile_expert.shape[0]),
+           (32 * INT8_WARPS_PER_CTA,),
+           (weights.raw, up_weights.raw if gate_up else _NULL, np.int64(weights.expert_bytes),
+            np.int64(weights.row_bytes), np.int32(weights.out_features), np.int32(weights.in_features // 32),
+            tile_expert, pairs, codes, scales, np.int32(act_div), bias0, bias1, alpha, limit, out))
+
+
+def _int8_path(x, selected, k, gate_exps, up_exps, down_exps, biases, alpha, limit):
+    num_pairs = selected.size
+    if x.shape[0] <= GEMV_MAX_TOKENS:  # a tile per pair, straight from the routing
+        tiles = (selected.reshape(-1), _NULL, 1)
+    else:
+        tile_expert, sorted_pairs = group_pairs(selected, gate_exps.num_experts, INT8_TILE_ROWS)
+        tiles = (tile_expert, sorted_pairs, INT8_TILE_ROWS)
+    h = cupy.empty((num_pairs, gate_exps.out_features), dtype=np.float32)
+    _int8_matmul(x, k, gate_exps, up_exps, tiles, biases[0], biases[1], alpha, limit, h)
+    y = cupy.empty((num_pairs, down_exps.out_features), dtype=np.float32)
+    _int8_matmul(h, 1, down_exps, None, tiles, biases[2], _NULL, alpha, limit, y)
+    return y
+
+
 def uses_tensor_cores(weights: ExpertWeights) -> bool:
     """MXFP4 experts take the exact fp16-mma grouped GEMM (moe_grouped_mma.cu)."""
     return GROUPED_TENSOR_CORES and weights.ggml_type == T.MXFP4
@@ -268,8 +327,11 @@ def moe_ffn(
     k = num_experts_used
     selected, weights = route(router_logits, k, held)  # [num_tokens, k] local ids or -1, weights
     tail = (gate_exps, up_exps, down_exps, biases, np.float32(swiglu_alpha), np.float32(swiglu_limit))
-    if num_tokens <= GEMV_MAX_TOKENS:
-        y = _gemv_path(x, selected, k, *tail)  # [num_tokens * k, hidden]
+    if (uses_int8_tiles(gate_exps.ggml_type, selected.size, num_routed)
+            and down_exps.ggml_type in INT8_TYPES):
+        y = _int8_path(x, selected, k, *tail)  # [num_tokens * k, hidden]
+    elif num_tokens <= GEMV_MAX_TOKENS:
+        y = _gemv_path(x, selected, k, *tail)
     else:
         # The average group is pairs / (all experts) on every rank: each rank tiles as TP=1 does.
         y = _grouped_path(x, selected, k, tile_rows_for(selected.size, num_routed), *tail)

@@ -11,8 +11,25 @@ from .module_cache import launch
 from .q8_activations import Q8Activations
 
 
-def _threads(hidden: int) -> int:
+# rms_norm keeps ELEMS values per thread in registers (norm.cu): the smallest ELEMS whose CTA
+# fits 1024 threads, so a small model's row (576) is 576 threads of one value each. 16 values at
+# 1024 threads is the register limit (64 a thread, no spills on sm_90): hidden <= 16384.
+RMS_NORM_ELEMS = (1, 2, 4, 8, 16)
+RMS_NORM_MAX_THREADS = 1024
+RMS_NORM_MAX_HIDDEN = RMS_NORM_ELEMS[-1] * RMS_NORM_MAX_THREADS
+
+
+def _threads(hidden: int) -> int:  # layer_norm (a strided loop: any width)
     return 1024 if hidden >= 4096 else 256
+
+
+def rms_norm_shape(hidden: int) -> tuple[int, int]:
+    """(values per thread, threads per CTA) of the rms_norm launch for rows of `hidden` values:
+    whole warps, so each warp holds whole q8_32 blocks (norm.cu)."""
+    for elems in RMS_NORM_ELEMS:
+        if hidden <= elems * RMS_NORM_MAX_THREADS:
+            return elems, max(32, 32 * -(-hidden // (32 * elems)))
+    raise ValueError(f"CUDA rms_norm supports rows of at most {RMS_NORM_MAX_HIDDEN} values, got {hidden}")
 
 
 def _rms_norm(
@@ -27,8 +44,9 @@ def _rms_norm(
     out = cupy.empty((num_tokens, hidden), dtype=np.float32)
     summed = None if residual is None else cupy.empty((num_tokens, hidden), dtype=np.float32)
     codes, scales = codes_for_producer(quantize_for, num_tokens, hidden)
+    elems, threads = rms_norm_shape(hidden)
     if num_tokens:
-        launch("norm.cu", f"rms_norm<{int(codes is not None)}>", (num_tokens,), (_threads(hidden),),
+        launch("norm.cu", f"rms_norm<{int(codes is not None)}, {elems}>", (num_tokens,), (threads,),
                (x, np.int64(stride), optional(residual), contiguous_f32(weight), np.int32(hidden),
                 np.float32(eps), out, optional(summed), optional(codes, np.int8),
                 optional(scales)))

@@ -54,6 +54,8 @@ __device__ void merge_factors(const float* maxes, const float* sums, int count, 
 
 // scale * (q . k) for every head of the CTA against one K row (one lane, one key), then the
 // optional softcap. q rows are read as shared-memory broadcasts (every lane the same address).
+// With head_dim % 8 == 0, up to 64 features of the row are loaded before the first product: one
+// memory round trip per key for head_dim <= 64, two for 128.
 template <int HEADS, int MAX_DIM>
 __device__ __forceinline__ void score_key(const float (*q_shared)[MAX_DIM], const u16* k_row_start,
                                           int head_dim, float scale, float softcap, float* score) {
@@ -61,23 +63,33 @@ __device__ __forceinline__ void score_key(const float (*q_shared)[MAX_DIM], cons
 #pragma unroll
     for (int h = 0; h < HEADS; ++h) dot[h] = 0.0f;
     if ((head_dim & 7) == 0) {
+        // 16-byte loads in flight at once: 32 registers, 16 where 8+ heads' dots need the room
+        constexpr int CHUNK = HEADS * (MAX_DIM / 64) >= 8 ? 4 : MAX_DIM <= 64 ? MAX_DIM / 8 : 8;
         const uint4* k_row = reinterpret_cast<const uint4*>(k_row_start);  // 16-byte aligned
-#pragma unroll 4
-        for (int d8 = 0; d8 < head_dim / 8; ++d8) {
-            const uint4 pack = k_row[d8];
-            const u32 words[4] = {pack.x, pack.y, pack.z, pack.w};
-            float key[8];
+        for (int base = 0; base < head_dim / 8; base += CHUNK) {
+            uint4 packs[CHUNK];
 #pragma unroll
-            for (int w = 0; w < 4; ++w) {
-                key[2 * w] = half_to_float((u16)(words[w] & 0xFFFF));
-                key[2 * w + 1] = half_to_float((u16)(words[w] >> 16));
+            for (int c = 0; c < CHUNK; ++c) {
+                if (base + c < head_dim / 8) packs[c] = k_row[base + c];
             }
 #pragma unroll
-            for (int h = 0; h < HEADS; ++h) {
-                const float4 qa = *reinterpret_cast<const float4*>(&q_shared[h][8 * d8]);
-                const float4 qb = *reinterpret_cast<const float4*>(&q_shared[h][8 * d8 + 4]);
-                dot[h] += qa.x * key[0] + qa.y * key[1] + qa.z * key[2] + qa.w * key[3] +
-                          qb.x * key[4] + qb.y * key[5] + qb.z * key[6] + qb.w * key[7];
+            for (int c = 0; c < CHUNK; ++c) {
+                const int d8 = base + c;
+                if (d8 >= head_dim / 8) break;
+                const u32 words[4] = {packs[c].x, packs[c].y, packs[c].z, packs[c].w};
+                float key[8];
+#pragma unroll
+                for (int w = 0; w < 4; ++w) {
+                    key[2 * w] = half_to_float((u16)(words[w] & 0xFFFF));
+                    key[2 * w + 1] = half_to_float((u16)(words[w] >> 16));
+                }
+#pragma unroll
+                for (int h = 0; h < HEADS; ++h) {
+                    const float4 qa = *reinterpret_cast<const float4*>(&q_shared[h][8 * d8]);
+                    const float4 qb = *reinterpret_cast<const float4*>(&q_shared[h][8 * d8 + 4]);
+                    dot[h] += qa.x * key[0] + qa.y * key[1] + qa.z * key[2] + qa.w * key[3] +
+                              qb.x * key[4] + qb.y * key[5] + qb.z * key[6] + qb.w * key[7];
+                }
             }
         }
     } else {
@@ -94,6 +106,24 @@ __device__ __forceinline__ void score_key(const float (*q_shared)[MAX_DIM], cons
     for (int h = 0; h < HEADS; ++h) {
         score[h] = dot[h] * scale;
         if (softcap > 0.0f) score[h] = softcap * tanhf(score[h] / softcap);
+    }
+}
+
+// Lane l's feature pairs (2l, 2l+1 of every 64) of the V rows of keys first..first+V_KEYS-1 of
+// the warp's tile; slot = the lane's own key's cache slot, shuffled to every lane. Keys past the
+// tile load as zeros (their weight is 0 too, and uninitialized cache bits could be NaN).
+template <int V_KEYS, int PAIRS>
+__device__ __forceinline__ void load_values(const u16* v_cache, int slot, int first, int keys_in_tile,
+                                            i64 token_stride, i64 head_offset, int head_dim, int lane,
+                                            u32 (&values)[V_KEYS][PAIRS]) {
+#pragma unroll
+    for (int j = 0; j < V_KEYS; ++j) {
+        const int key_slot = __shfl_sync(0xffffffffu, slot, first + j);
+        const u32* v_row = reinterpret_cast<const u32*>(v_cache + key_slot * token_stride + head_offset);
+#pragma unroll
+        for (int p = 0; p < PAIRS; ++p) {
+            values[j][p] = first + j < keys_in_tile && 64 * p + 2 * lane < head_dim ? v_row[32 * p + lane] : 0u;
+        }
     }
 }
 
@@ -119,12 +149,9 @@ attention_decode(const float* __restrict__ q, const u16* __restrict__ k_cache, c
     constexpr int MAX_DIM = 64 * PAIRS;
     constexpr int MAX_STATES = NUM_WARPS > MAX_SPLITS ? NUM_WARPS : MAX_SPLITS;
     __shared__ __align__(16) float q_shared[HEADS][MAX_DIM];
-    // The key tiles' offsets and weights are dead once the warps hand over their accumulators.
-    __shared__ union {
-        struct {
-            i64 offsets[NUM_WARPS][WARP_KEYS];
-            float weights[NUM_WARPS][HEADS][WARP_KEYS];
-        } keys;
+    // The key tiles' weights are dead once the warps hand over their accumulators.
+    __shared__ __align__(16) union {
+        float weights[NUM_WARPS][HEADS][WARP_KEYS];  // float4-read in the value sum
         float warp_acc[NUM_WARPS][HEADS][MAX_DIM];
     } tiles;
     __shared__ float warp_state_max[NUM_WARPS][HEADS], warp_state_sum[NUM_WARPS][HEADS];
@@ -138,6 +165,13 @@ attention_decode(const float* __restrict__ q, const u16* __restrict__ k_cache, c
     const int kv_head = blockIdx.y / ctas_per_group, group_first = (blockIdx.y % ctas_per_group) * HEADS;
     const int first_head = kv_head * group + group_first, heads_here = min(HEADS, group - group_first);
 
+    // q goes to shared memory first: its loads are then in flight with the context length's.
+    // Heads past the group (a group of 3 in a CTA of 4) score against zeros and are never written.
+    for (int i = tid; i < HEADS * MAX_DIM; i += NUM_WARPS * 32) {
+        const int h = i / MAX_DIM, d = i % MAX_DIM;
+        q_shared[h][d] = h < heads_here && d < head_dim ? q[((i64)row * num_heads + first_head + h) * head_dim + d]
+                                                        : 0.0f;
+    }
     const int context_len = context_lens[row];
     const int query_pos = context_len - 1;
     const int first_key = sliding_window > 0 ? max(0, query_pos - sliding_window + 1) : 0;
@@ -153,12 +187,6 @@ attention_decode(const float* __restrict__ q, const u16* __restrict__ k_cache, c
     const int* table = block_tables + (i64)row * max_blocks_per_seq;
     const i64 token_stride = (i64)num_kv_heads * head_dim;
 
-    // Heads past the group (a group of 3 in a CTA of 4) score against zeros and are never written.
-    for (int i = tid; i < HEADS * MAX_DIM; i += NUM_WARPS * 32) {
-        const int h = i / MAX_DIM, d = i % MAX_DIM;
-        q_shared[h][d] = h < heads_here && d < head_dim ? q[((i64)row * num_heads + first_head + h) * head_dim + d]
-                                                        : 0.0f;
-    }
     __syncthreads();
 
     float running_max[HEADS], lane_sum[HEADS], acc[HEADS][PAIRS][2];
@@ -170,16 +198,23 @@ attention_decode(const float* __restrict__ q, const u16* __restrict__ k_cache, c
         for (int p = 0; p < PAIRS; ++p) acc[h][p][0] = acc[h][p][1] = 0.0f;
     }
 
+    // V rows are loaded V_KEYS at a time (32 registers or fewer where many heads' accumulators
+    // need them), the first batch together with the K rows: with one head pair per lane a tile
+    // then waits for memory once after its table lookup (the old loop waited about six times).
+    constexpr int V_REGISTERS = HEADS * PAIRS >= 8 ? 8 : HEADS * PAIRS >= 4 ? 16 : 32;
+    constexpr int V_KEYS = V_REGISTERS / PAIRS < 4 ? 4 : V_REGISTERS / PAIRS;  // the sum takes 4 keys a step
+    constexpr int V_CHUNKS = WARP_KEYS / V_KEYS;
+    const i64 head_offset = (i64)kv_head * head_dim;
     for (int tile = begin + warp * WARP_KEYS; tile < end; tile += NUM_WARPS * WARP_KEYS) {
         const int key = tile + lane;
         const bool is_valid = key < end;
+        const int keys_in_tile = min(WARP_KEYS, end - tile);
+        const int slot = is_valid ? table[key / block_size] * block_size + key % block_size : 0;
+        u32 values[V_KEYS][PAIRS];
+        load_values<V_KEYS, PAIRS>(v_cache, slot, 0, keys_in_tile, token_stride, head_offset, head_dim, lane, values);
         float score[HEADS];
-        i64 offset = 0;
-        if (is_valid) {
-            offset = key_offset(table, key, block_size, token_stride, kv_head, head_dim);
-            score_key<HEADS, MAX_DIM>(q_shared, k_cache + offset, head_dim, scale, softcap, score);
-        }
-        tiles.keys.offsets[warp][lane] = offset;
+        if (is_valid) score_key<HEADS, MAX_DIM>(q_shared, k_cache + slot * token_stride + head_offset, head_dim,
+                                                scale, softcap, score);
 #pragma unroll
         for (int h = 0; h < HEADS; ++h) {
             // The tile has at least one valid key, so new_max is finite and the correction of the
@@ -189,7 +224,7 @@ attention_decode(const float* __restrict__ q, const u16* __restrict__ k_cache, c
             const float weight = is_valid ? expf(score[h] - new_max) : 0.0f;
             running_max[h] = new_max;
             lane_sum[h] = lane_sum[h] * correction + weight;
-            tiles.keys.weights[warp][h][lane] = weight;
+            tiles.weights[warp][h][lane] = weight;
 #pragma unroll
             for (int p = 0; p < PAIRS; ++p) {
                 acc[h][p][0] *= correction;
@@ -197,25 +232,40 @@ attention_decode(const float* __restrict__ q, const u16* __restrict__ k_cache, c
             }
         }
         __syncwarp();
-        const int keys_in_tile = min(WARP_KEYS, end - tile);
-#pragma unroll 8
-        for (int j = 0; j < keys_in_tile; ++j) {  // unrolled: several value rows in flight at once
-            const u32* v_row = reinterpret_cast<const u32*>(v_cache + tiles.keys.offsets[warp][j]);
+#pragma unroll 1  // rolled: an unrolled loop would hoist every chunk's loads into registers at once
+        for (int chunk = 0; chunk < V_CHUNKS; ++chunk) {
+            if (chunk > 0) {
+                if (chunk * V_KEYS >= keys_in_tile) break;
+                load_values<V_KEYS, PAIRS>(v_cache, slot, chunk * V_KEYS, keys_in_tile, token_stride, head_offset,
+                                           head_dim, lane, values);
+            }
 #pragma unroll
-            for (int p = 0; p < PAIRS; ++p) {
-                if (64 * p + 2 * lane < head_dim) {
-                    const u32 pair = v_row[32 * p + lane];
-                    const float v0 = half_to_float((u16)(pair & 0xFFFF)), v1 = half_to_float((u16)(pair >> 16));
+            for (int j4 = 0; j4 < V_KEYS; j4 += 4) {
+                float v[4][PAIRS][2];
 #pragma unroll
-                    for (int h = 0; h < HEADS; ++h) {
-                        const float w = tiles.keys.weights[warp][h][j];
-                        acc[h][p][0] += w * v0;
-                        acc[h][p][1] += w * v1;
+                for (int jj = 0; jj < 4; ++jj) {
+#pragma unroll
+                    for (int p = 0; p < PAIRS; ++p) {
+                        v[jj][p][0] = half_to_float((u16)(values[j4 + jj][p] & 0xFFFF));
+                        v[jj][p][1] = half_to_float((u16)(values[j4 + jj][p] >> 16));
+                    }
+                }
+#pragma unroll
+                for (int h = 0; h < HEADS; ++h) {  // four keys' weights per shared-memory read
+                    const float4 w = *reinterpret_cast<const float4*>(&tiles.weights[warp][h][chunk * V_KEYS + j4]);
+                    const float ws[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+                    for (int jj = 0; jj < 4; ++jj) {
+#pragma unroll
+                        for (int p = 0; p < PAIRS; ++p) {
+                            acc[h][p][0] += ws[jj] * v[jj][p][0];
+                            acc[h][p][1] += ws[jj] * v[jj][p][1];
+                        }
                     }
                 }
             }
         }
-        __syncwarp();  // the next tile rewrites this warp's offsets and weights
+        __syncwarp();  // the next tile rewrites this warp's weights
     }
     __syncthreads();  // warp_acc overlays the key tiles other warps may still be reading
 

@@ -259,6 +259,9 @@ class DecoderModel:
         if self.config.activation in ("swiglu", "geglu"):
             gate_up = ops.linear(x, layer["ffn_gate_up"], generated_rows=rows)
             gated_activation = ops.swiglu if self.config.activation == "swiglu" else ops.geglu
+            # On CUDA decode batches `gated` may be the activation's q8_32 codes, or the [gate | up]
+            # rows themselves for the down GEMV to activate (kernels/cuda/gated_input.py). Under
+            # tensor parallelism a rank's gate_up rows are the FFN columns of its ffn_down shard.
             gated = gated_activation(gate_up, quantize_for=layer["ffn_down"])
             return self.row_parallel_linear(gated, layer["ffn_down"], layer.get("ffn_down_bias"), rows)
         up = ops.linear(x, layer["ffn_up"], layer.get("ffn_up_bias"), generated_rows=rows)

@@ -39,3 +39,21 @@ def poison_device_allocations(request, monkeypatch):
     monkeypatch.setattr(cupy, "empty", lambda *a, **k: poison(real_empty(*a, **k)))
     monkeypatch.setattr(cupy, "empty_like", lambda *a, **k: poison(real_empty_like(*a, **k)))
     yield
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Our kernels launched (by name, template arguments dropped) while the test runs."""
+    import collections
+
+    from cupyserve.kernels.cuda import module_cache
+
+    counts: collections.Counter = collections.Counter()
+    real_get_function = module_cache.get_function
+
+    def counting_get_function(file_name, name_expression):
+        counts[name_expression.split("<")[0]] += 1
+        return real_get_function(file_name, name_expression)
+
+    monkeypatch.setattr(module_cache, "get_function", counting_get_function)
+    return counts

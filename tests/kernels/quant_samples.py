@@ -40,3 +40,13 @@ def rel_error(actual: np.ndarray, expected: np.ndarray) -> float:
         return float("inf")
     norm = np.linalg.norm(expected)
     return float(np.linalg.norm(actual - expected) / (norm if norm > 0 else 1.0))
+
+
+def outlier_activations(rng, num_tokens: int, width: int) -> np.ndarray:  # [num_tokens, width] float32
+    """Random activations with an outlier block (as SmolLM2's massive activations) and, from 64
+    columns on, an all-zero 32-block (q8_32 scale 0, codes 0)."""
+    x = rng.standard_normal((num_tokens, width), dtype=np.float32)
+    x[:, : max(1, width // 9)] *= 40.0
+    if width >= 64:
+        x[:, 32:64] = 0.0
+    return x

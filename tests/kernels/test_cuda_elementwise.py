@@ -24,7 +24,11 @@ def _host(x):
     return cupy.asnumpy(x)
 
 
-@pytest.mark.parametrize("num_tokens,hidden", [(1, 576), (7, 64), (130, 960), (3, 5000), (2, 33)])
+# Widths for every values-per-thread step of the single-pass kernel (norm.rms_norm_shape: 1 up
+# to 1024, 2 up to 2048, ..., 16 up to 16384), CTAs that end in a partial warp (33, 5000) and
+# ones that fill 1024 threads exactly (2048, 8192, 16384).
+@pytest.mark.parametrize("num_tokens,hidden", [(1, 576), (7, 64), (130, 960), (3, 5000), (2, 33), (4, 1056),
+                                               (3, 2048), (5, 4000), (2, 8192), (1, 16384)])
 def test_rms_norms(cuda_ops, num_tokens, hidden):
     rng = np.random.default_rng(hidden + num_tokens)
     x = rng.standard_normal((num_tokens, hidden), dtype=np.float32) * 3
@@ -39,6 +43,14 @@ def test_rms_norms(cuda_ops, num_tokens, hidden):
     heads = x.reshape(num_tokens, -1, hidden)[:, :, :]
     assert rel_error(_host(cuda_ops.head_rms_norm(_dev(heads), _dev(weight), 1e-6)),
                      norm.head_rms_norm(heads, weight, 1e-6)) < FLOAT32_TOLERANCE
+
+
+def test_rms_norm_refuses_rows_past_its_register_budget(cuda_ops):
+    from cupyserve.kernels.cuda.norm import RMS_NORM_MAX_HIDDEN
+
+    x = _dev(np.ones((1, RMS_NORM_MAX_HIDDEN + 32), np.float32))
+    with pytest.raises(ValueError, match="at most"):
+        cuda_ops.rms_norm(x, x[0], 1e-5)
 
 
 @pytest.mark.parametrize("with_bias", [True, False])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
 
-from quant_samples import random_weight
+from quant_samples import outlier_activations, random_weight
 
 pytestmark = pytest.mark.gpu
 
@@ -45,21 +45,14 @@ def _assert_carries_exact_codes(fused, plain):
     np.testing.assert_array_equal(cupy.asnumpy(fused.scales), ref_scales)
 
 
-def _activations(rng, num_tokens, width):
-    x = rng.standard_normal((num_tokens, width), dtype=np.float32)
-    x[:, : max(1, width // 9)] *= 40.0  # an outlier block, as SmolLM2's massive activations
-    if width >= 64:
-        x[:, 32:64] = 0.0  # an all-zero block: scale 0, codes 0
-    return x
-
-
 @pytest.mark.parametrize("ggml_type", [T.Q4_1, T.Q8_0, T.Q4_0, T.Q5_0, T.Q5_1], ids=lambda t: t.name)
-@pytest.mark.parametrize("num_tokens,hidden", [(1, 576), (2, 64), (3, 960), (5, 32), (8, 4096), (7, 5024)])
+@pytest.mark.parametrize("num_tokens,hidden", [(1, 576), (2, 64), (3, 960), (5, 32), (8, 4096), (7, 5024),
+                                               (2, 1056), (1, 16384)])
 def test_rms_norms_emit_exact_codes(cuda_ops, ggml_type, num_tokens, hidden):
     import cupy
 
     rng = np.random.default_rng([num_tokens, hidden, int(ggml_type)])
-    x, residual = _activations(rng, num_tokens, hidden), _activations(rng, num_tokens, hidden)
+    x, residual = outlier_activations(rng, num_tokens, hidden), outlier_activations(rng, num_tokens, hidden)
     norm_weight = cupy.asarray(rng.standard_normal(hidden, dtype=np.float32))
     weight = _weight(cuda_ops, ggml_type, 37, hidden, hidden)
     x_d, residual_d = cupy.asarray(x), cupy.asarray(residual)
@@ -80,11 +73,16 @@ def test_rms_norms_emit_exact_codes(cuda_ops, ggml_type, num_tokens, hidden):
 
 @pytest.mark.parametrize("activation", ["swiglu", "geglu"])
 @pytest.mark.parametrize("num_tokens,ffn", [(1, 1536), (2, 32), (3, 2464), (8, 8192), (6, 96)])
-def test_gated_activations_emit_exact_codes(cuda_ops, activation, num_tokens, ffn):
+def test_gated_activations_emit_exact_codes(cuda_ops, monkeypatch, activation, num_tokens, ffn):
+    """Batches whose down GEMV cannot apply the activation itself (here all, by a size rule of 0;
+    test_cuda_gemv_fused covers the GatedInput path) get the activation launch with codes."""
     import cupy
 
+    from cupyserve.kernels.cuda import linear
+
+    monkeypatch.setattr(linear, "FUSED_INPUT_MAX_VALUES", 0)
     rng = np.random.default_rng([num_tokens, ffn])
-    gate_up = cupy.asarray(_activations(rng, num_tokens, 2 * ffn))
+    gate_up = cupy.asarray(outlier_activations(rng, num_tokens, 2 * ffn))
     weight = _weight(cuda_ops, T.Q4_1, 29, ffn, ffn)
     op = getattr(cuda_ops, activation)
     fused, plain = op(gate_up, quantize_for=weight), op(gate_up)
@@ -104,7 +102,7 @@ def test_mixed_segments_use_codes_and_floats(cuda_ops):
     if not cuda_ops.can_fuse(types):
         pytest.skip("Q4_1 and MXFP4 do not fuse")
     weight = cuda_ops.load_weight([random_weight(t, 40, cols, rng) for t in types], types, cols)
-    x = cupy.asarray(_activations(rng, 4, cols))
+    x = cupy.asarray(outlier_activations(rng, 4, cols))
     norm_weight = cupy.asarray(rng.standard_normal(cols, dtype=np.float32))
     fused = cuda_ops.rms_norm(x, norm_weight, 1e-5, quantize_for=weight)
     plain = cuda_ops.rms_norm(x, norm_weight, 1e-5)
@@ -123,7 +121,7 @@ def test_raised_gemv_limit_tiles_the_codes(cuda_ops, monkeypatch):
     monkeypatch.setattr(linear, "GEMV_MAX_TOKENS", 64)
     rng = np.random.default_rng(12)
     weight = _weight(cuda_ops, T.Q4_1, 50, 320, 5)
-    x = cupy.asarray(_activations(rng, 20, 320))
+    x = cupy.asarray(outlier_activations(rng, 20, 320))
     norm_weight = cupy.asarray(rng.standard_normal(320, dtype=np.float32))
     fused = cuda_ops.rms_norm(x, norm_weight, 1e-5, quantize_for=weight)
     plain = cuda_ops.rms_norm(x, norm_weight, 1e-5)
@@ -148,7 +146,7 @@ def test_plain_array_where_no_int8_gemv_follows(cuda_ops, case):
               "no_weight": lambda: None}.get(
         case, lambda: _weight(cuda_ops, T.Q4_1, 16, 512, 4))()
     rng = np.random.default_rng(13)
-    x = cupy.asarray(_activations(rng, num_tokens, hidden))
+    x = cupy.asarray(outlier_activations(rng, num_tokens, hidden))
     norm_weight = cupy.asarray(rng.standard_normal(hidden, dtype=np.float32))
     result = cuda_ops.rms_norm(x, norm_weight, 1e-5, quantize_for=weight)
     assert isinstance(result, cupy.ndarray)
@@ -157,37 +155,36 @@ def test_plain_array_where_no_int8_gemv_follows(cuda_ops, case):
     assert isinstance(gated, cupy.ndarray)
 
 
-def test_decode_step_launches_no_standalone_quantize_before_fused_gemvs(cuda_ops, monkeypatch):
-    """A batch-1 decode step of the real model: the qkv, gate_up, down and output GEMVs read codes
-    from their producers (no quantize_q8_32 launch for them: only the o GEMV's input, from
-    attention, is quantized alone), and rope + KV write is one launch per layer."""
-    import collections
-
-    from cupyserve.kernels.cuda import module_cache
+def test_decode_step_launches_no_standalone_quantize_before_fused_gemvs(cuda_ops, launches):
+    """A batch-1 decode step of the real model: the qkv, gate_up and output GEMVs read codes from
+    their producers, the o GEMV rounds the attention output and the down GEMV applies SwiGLU in
+    their own launches (gemv_int8_fused): for SmolLM2 no quantize_q8_32 and no gated_activation
+    launch at all; and rope + KV write is one launch per layer."""
     from cupyserve.runtime.gguf_loader import GGUFFile
     from test_cuda_model import _Backend, _model_path
 
-    from cupyserve.kernels.cuda.linear import takes_q8_codes
+    from cupyserve.kernels.cuda.linear import fuses_input_rounding, takes_q8_codes
 
     backend = _Backend(cuda_ops, GGUFFile.open(_model_path()), 2, 1)
     num_layers = backend.model.config.num_layers
     if not takes_q8_codes(backend.model.layers[0]["attn_qkv"], 1):
         pytest.skip("this model's qkv GEMV does not read q8_32 codes")
-    # Only the o projections (int8 ones) quantize their input alone; a non-int8 weight rounds in
-    # round_activations instead. SmolLM2 Q4_1: one per layer.
-    expected_quantize = sum(takes_q8_codes(layer["attn_output"], 1) for layer in backend.model.layers)
+    # Only o projections (int8 ones) too large to round their own input quantize it alone; a
+    # non-int8 weight rounds in round_activations instead. SmolLM2 Q4_1: none.
+    o_weights = [layer["attn_output"] for layer in backend.model.layers]
+    expected_fused_o = sum(fuses_input_rounding(w, 1) for w in o_weights)
+    expected_quantize = sum(takes_q8_codes(w, 1) for w in o_weights) - expected_fused_o
+    gated = backend.model.config.activation in ("swiglu", "geglu")
+    expected_fused_down = sum(gated and fuses_input_rounding(layer["ffn_down"], 1, floats_per_value=2)
+                              for layer in backend.model.layers)
     backend.step([(0, [1, 9690, 198], 0)], False)  # prefill (and compiles)
-    counts: collections.Counter = collections.Counter()
-    real_get_function = module_cache.get_function
-
-    def counting_get_function(file_name, name_expression):
-        counts[name_expression.split("<")[0]] += 1
-        return real_get_function(file_name, name_expression)
-
-    monkeypatch.setattr(module_cache, "get_function", counting_get_function)
+    launches.clear()  # count the decode step only
+    counts = launches
     logits = backend.step([(0, [2683], 3)], False)
     assert np.isfinite(logits).all()
     assert counts["quantize_q8_32"] == expected_quantize
+    assert counts["gemv_int8_fused"] == expected_fused_o + expected_fused_down
+    assert counts["gated_activation"] == (num_layers if gated else 0) - expected_fused_down
     assert counts["rope_write_kv"] == num_layers
     assert counts["apply_rope"] == 0 and counts["write_kv"] == 0
     assert counts["rms_norm"] == 2 * num_layers + 1

@@ -90,8 +90,10 @@ def assert_close_to_reference(actual, expected):
     assert errors.max() <= VS_REFERENCE_MAX and np.median(errors) <= VS_REFERENCE_MEDIAN
 
 
-# (num_tokens, hidden, ffn, num_experts, k, type): batch 1 / 7 take the GEMV path, 64 / 300 the
-# grouped GEMM; widths are odd numbers of 32-blocks.
+# (num_tokens, hidden, ffn, num_experts, k, type): widths are odd numbers of 32-blocks. MXFP4 and
+# Q8_0 take moe_int8.cu at 1 / 7 tokens (a tile per pair) and, with `int8_tiles` "everywhere",
+# sorted 8-pair tiles at 64 / 300 tokens; with "auto", the path the tuned limit picks (the grouped
+# GEMM at 64 / 300 tokens). F16 and F32 the float GEMV at 1 / 7 and the grouped GEMM at 64 / 300.
 SHAPES = [
     (1, 96, 160, 4, 1, T.MXFP4),
     (1, 224, 96, 32, 4, T.MXFP4),
@@ -110,9 +112,17 @@ SHAPES = [
 ]
 
 
+@pytest.mark.parametrize("int8_tiles", ["auto", "everywhere"])
 @pytest.mark.parametrize("num_tokens,hidden,ffn,num_experts,k,ggml_type", SHAPES,
                          ids=lambda v: v.name if isinstance(v, T) else str(v))
-def test_moe_matches_float64_and_reference(cuda_ops, num_tokens, hidden, ffn, num_experts, k, ggml_type):
+def test_moe_matches_float64_and_reference(cuda_ops, monkeypatch, num_tokens, hidden, ffn, num_experts, k,
+                                           ggml_type, int8_tiles):
+    from cupyserve.kernels.cuda import moe
+
+    if int8_tiles == "everywhere":
+        if ggml_type not in moe.INT8_TYPES:
+            pytest.skip("no int8 dot for this type: the same path as auto")
+        monkeypatch.setattr(moe, "INT8_MAX_AVERAGE_GROUP", 1 << 30)
     rng = np.random.default_rng([num_tokens, hidden, ffn, num_experts, k, int(ggml_type)])
     raws, dense, biases = make_layer(ggml_type, num_experts, hidden, ffn, rng)
     x, logits = make_inputs(dense, num_tokens, num_experts, rng)
@@ -145,10 +155,12 @@ def test_gpt_oss_20b_layer_shape(cuda_ops, gpt_oss_20b_layer, num_tokens):
 @pytest.mark.parametrize("tensor_cores", [False, True], ids=["simt", "mma"])
 @pytest.mark.parametrize("num_tokens,num_experts,k", [(64, 4, 4), (64, 32, 4), (300, 8, 2)])
 def test_grouped_mxfp4_kernels_match_reference(cuda_ops, monkeypatch, tensor_cores, num_tokens, num_experts, k):
-    """Both grouped kernels for MXFP4 (float32 SIMT and exact fp16 mma), both row tiles (16, 64)."""
+    """Both grouped kernels for MXFP4 (float32 SIMT and exact fp16 mma), both row tiles (16, 64),
+    with moe_int8.cu switched off so that every shape reaches them."""
     from cupyserve.kernels.cuda import moe
 
     monkeypatch.setattr(moe, "GROUPED_TENSOR_CORES", tensor_cores)
+    monkeypatch.setattr(moe, "INT8_TYPES", frozenset())
     rng = np.random.default_rng([num_tokens, num_experts, k])
     raws, dense, biases = make_layer(T.MXFP4, num_experts, 160, 224, rng)
     x, logits = make_inputs(dense, num_tokens, num_experts, rng)
@@ -200,22 +212,29 @@ def test_grouping_is_a_padded_counting_sort(cuda_ops, tile_rows):
 
 
 def test_paths_agree_and_rows_are_batch_invariant(cuda_ops, monkeypatch):
-    """The GEMV and grouped paths give the same layer; within each path a row's output does not
-    depend on the other rows of the batch (bit-identical alone and in a batch of 40)."""
+    """The float GEMV, the grouped GEMM and both tilings of moe_int8.cu give the same layer; within
+    each path a row's output does not depend on the other rows of the batch (bit-identical alone
+    and in a batch of 40); the two int8 tilings sum in the same order, so they agree bit for bit."""
     from cupyserve.kernels.cuda import moe
 
     rng = np.random.default_rng(11)
     raws, dense, biases = make_layer(T.MXFP4, 8, 160, 96, rng)
     x, logits = make_inputs(dense, 40, 8, rng)
     outputs = {}
-    for name, gemv_max in (("gemv", 10**6), ("grouped", 0)):
+    int8_types = moe.INT8_TYPES
+    for name, gemv_max, is_int8 in (("gemv", 10**6, False), ("grouped", 0, False),
+                                    ("int8 per pair", 10**6, True), ("int8 sorted", 0, True)):
         monkeypatch.setattr(moe, "GEMV_MAX_TOKENS", gemv_max)
+        monkeypatch.setattr(moe, "INT8_TYPES", int8_types if is_int8 else frozenset())
+        monkeypatch.setattr(moe, "INT8_MAX_AVERAGE_GROUP", 1 << 30)  # sorted tiles at 40 tokens too
         batch = run_cuda(cuda_ops, raws, dense, biases, T.MXFP4, x, logits, 3)
         for row in (0, 17, 39):
             alone = run_cuda(cuda_ops, raws, dense, biases, T.MXFP4, x[row:row + 1], logits[row:row + 1], 3)
             np.testing.assert_array_equal(batch[row], alone[0])
         outputs[name] = batch
     assert_close_to_reference(outputs["grouped"], outputs["gemv"])  # summation order only
+    assert_close_to_reference(outputs["int8 per pair"], outputs["gemv"])
+    np.testing.assert_array_equal(outputs["int8 sorted"], outputs["int8 per pair"])
 
 
 @pytest.mark.parametrize("num_tokens", [4, 100])

@@ -2,8 +2,8 @@
 NumPy op of kernels/reference/moe.py. Skipped without CuPy or a GPU.
 
 A rank holds global experts [begin, end) (local id = global - begin) and gets the router logits
-of all experts. In every path (the decode GEMV, the grouped SIMT GEMM, the grouped tensor-core
-GEMM, both row tiles) and for E = 12 experts split over 2, 3 and 4 ranks:
+of all experts. In every path (moe_int8.cu per pair and on sorted tiles, the float decode GEMV,
+the grouped SIMT GEMM, the grouped tensor-core GEMM, both row tiles) and for E = 12 experts split over 2, 3 and 4 ranks:
 - each rank's CUDA op equals the reference's expert-range op within test_cuda_moe.py's bounds,
   and a token with no slot in the range gets an exact zero row;
 - the sum over the ranks equals the whole CUDA op within the same bounds (only the grouping of
@@ -29,13 +29,16 @@ pytestmark = pytest.mark.gpu
 NUM_EXPERTS, HIDDEN, FFN, K = 12, 96, 160, 4  # 12 experts split evenly over 2, 3 and 4 ranks
 ROLES = (("gate", FFN, HIDDEN), ("up", FFN, HIDDEN), ("down", HIDDEN, FFN))
 SUM_OF_PARTS_MAX = 1e-5  # float32 regrouping of <= K terms, relative to the terms' norms
-# path: (num_tokens, grouped tensor cores, row tile of the grouped GEMM or None for the GEMV)
+# path: (num_tokens, moe_int8.cu on, grouped tensor cores, row tile of the grouped GEMM or of
+# moe_int8.cu's sort, None for a tile per pair)
 PATHS = {
-    "gemv": (5, True, None),
-    "grouped_simt": (40, False, 16),
-    "grouped_mma": (40, True, 16),
-    "grouped_simt_large_tiles": (300, False, 64),
-    "grouped_mma_large_tiles": (300, True, 64),
+    "int8_per_pair": (5, True, True, None),
+    "int8_sorted": (40, True, True, 8),
+    "gemv": (5, False, True, None),
+    "grouped_simt": (40, False, False, 16),
+    "grouped_mma": (40, False, True, 16),
+    "grouped_simt_large_tiles": (300, False, False, 64),
+    "grouped_mma_large_tiles": (300, False, True, 64),
 }
 
 
@@ -45,12 +48,19 @@ def rank_ranges(world_size: int) -> list[tuple[int, int]]:
 
 
 def force_path(moe, monkeypatch, path: str) -> int:
-    """Selects the path as test_cuda_moe.py does (token count, GROUPED_TENSOR_CORES); returns the
-    token count after checking that it takes that path and row tile."""
-    num_tokens, tensor_cores, tile_rows = PATHS[path]
+    """Selects the path as test_cuda_moe.py does (token count, INT8_TYPES, GROUPED_TENSOR_CORES);
+    returns the token count after checking that it takes that path and row tile."""
+    num_tokens, is_int8, tensor_cores, tile_rows = PATHS[path]
+    if is_int8:  # sorted int8 tiles at every group size, not only below the tuned limit
+        monkeypatch.setattr(moe, "INT8_MAX_AVERAGE_GROUP", 1 << 30)
+    else:
+        monkeypatch.setattr(moe, "INT8_TYPES", frozenset())
     monkeypatch.setattr(moe, "GROUPED_TENSOR_CORES", tensor_cores)
     assert (num_tokens <= moe.GEMV_MAX_TOKENS) == (tile_rows is None)
-    if tile_rows is not None:
+    assert moe.uses_int8_tiles(T.MXFP4, num_tokens * K, NUM_EXPERTS) == is_int8
+    if is_int8 and tile_rows is not None:
+        assert tile_rows == moe.INT8_TILE_ROWS
+    elif tile_rows is not None:
         assert moe.tile_rows_for(num_tokens * K, NUM_EXPERTS) == tile_rows
     return num_tokens
 
