@@ -70,23 +70,61 @@ __device__ __forceinline__ int mxfp4_to_int8x4(u32 nibbles) {
     return (int)((positive & ~is_negative) | (negative & is_negative));
 }
 
-// One lane's share of block (weight) x block (activation): returns the float contribution.
-//   a, b: the lane's 8 activation codes as two packed int8x4 words; dx: the activation scale.
+// The eight E2M1 nibbles of `packed` (4 bytes of an MXFP4 block: byte j holds value j in its
+// low nibble and value 16 + j in its high one), doubled as mxfp4_to_int8x4 does, as two int8x4
+// words: lo = the low nibbles' values, hi = the high nibbles'. The same values as two
+// mxfp4_to_int8x4 calls in about half the instructions: each 16-bit half of the word is already
+// a prmt selector (its nibbles interleave low and high values), so a half is looked up in the
+// positive and negative tables and bit 3 of each nibble picks between them with a third prmt;
+// two more prmts then de-interleave the halves.
+__device__ __forceinline__ void mxfp4_to_int8x8(u32 packed, int& lo, int& hi) {
+    const u32 positive_lo = 0x03020100u, positive_hi = 0x0C080604u;
+    const u32 negative_lo = 0xFDFEFF00u, negative_hi = 0xF4F8FAFCu;
+    u32 halves[2];  // bytes: value(low nibble 2h), value(high 2h), value(low 2h+1), value(high 2h+1)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const u32 nibbles = (packed >> (16 * h)) & 0xFFFFu;
+        const u32 index = nibbles & 0x7777u;  // bit 3 of a selector nibble would replicate a sign
+        const u32 positive = __byte_perm(positive_lo, positive_hi, index);
+        const u32 negative = __byte_perm(negative_lo, negative_hi, index);
+        const u32 pick = 0x3210u | ((nibbles & 0x8888u) >> 1);  // byte i, or 4 + i when negative
+        halves[h] = __byte_perm(positive, negative, pick);
+    }
+    lo = (int)__byte_perm(halves[0], halves[1], 0x6420u);
+    hi = (int)__byte_perm(halves[0], halves[1], 0x7531u);
+}
+
+// 2^(e - 128) from an E8M0 byte, exactly (the MXFP4 scale 2^(e - 127) halved for the doubled
+// values of mxfp4_to_int8x4): built from its float bits, since ldexpf's general path costs a
+// dozen instructions per block and this runs once per lane and block of every expert GEMV.
+// e >= 2 is a normal float with exponent field e - 1; e = 1, 0 are the subnormals 2^-127, 2^-128.
+__device__ __forceinline__ float e8m0_half_scale(u32 e) {
+    return __int_as_float(e >= 2u ? (int)((e - 1u) << 23) : (int)(0x00200000u << e));
+}
+
+// A lane's weight part ready for dp4a: its two int8x4 words and float scale (and min), decoded
+// once per block so that a kernel multiplying it with several tokens' activations (a GEMV over
+// NUM_TOKENS, an expert tile of ROWS pairs) does not repeat the nibble decode per token.
+struct DecodedPart {
+    int lo, hi;  // the lane's 8 weight values as two int8x4 words (MXFP4 doubled, see above)
+    float d, m;  // scale, and the min of Q4_1 / Q5_1
+};
+
 template <int TYPE>
-__device__ __forceinline__ float dot_part(const WeightPart& w, int part, int a, int b, float dx) {
-    const int ones = 0x01010101;
+__device__ __forceinline__ DecodedPart decode_part(const WeightPart& w, int part) {
+    DecodedPart out;
+    out.m = 0.0f;
     if (TYPE == GGML_Q8_0) {
-        const int dot = __dp4a(w.q0, a, __dp4a(w.q1, b, 0));
-        return __fmul_rn(half_to_float(w.d), dx) * (float)dot;
+        out.lo = w.q0;
+        out.hi = w.q1;
+        out.d = half_to_float(w.d);
+        return out;
     }
     const u32 packed = (u32)w.q0;
     if (TYPE == GGML_MXFP4) {
-        const int lo = mxfp4_to_int8x4(packed & 0x0F0F0F0Fu);
-        const int hi = mxfp4_to_int8x4((packed >> 4) & 0x0F0F0F0Fu);
-        const int dot = __dp4a(lo, a, __dp4a(hi, b, 0));
-        // 2^(e - 128): the E8M0 scale halved for the doubled values; exact (ldexpf gives the
-        // subnormals of the smallest exponents too).
-        return __fmul_rn(ldexpf(1.0f, (int)w.d - 128), dx) * (float)dot;
+        mxfp4_to_int8x8(packed, out.lo, out.hi);
+        out.d = e8m0_half_scale((u32)w.d);
+        return out;
     }
     const bool has_min = TYPE == GGML_Q4_1 || TYPE == GGML_Q5_1;
     const bool has_high = TYPE == GGML_Q5_0 || TYPE == GGML_Q5_1;
@@ -100,13 +138,22 @@ __device__ __forceinline__ float dot_part(const WeightPart& w, int part, int a, 
             hi |= (int)(((hi_bits >> i) & 1u) << (8 * i + 4));
         }
     }
-    const int dot = __dp4a(lo, a, __dp4a(hi, b, 0));
+    out.lo = lo;
+    out.hi = hi;
+    out.d = half_to_float(w.d);
+    if (has_min) out.m = half_to_float(w.m);
+    return out;
+}
+
+// One lane's share of block (weight) x block (activation): returns the float contribution.
+//   a, b: the lane's 8 activation codes as two packed int8x4 words; dx: the activation scale.
+template <int TYPE>
+__device__ __forceinline__ float dot_decoded(const DecodedPart& w, int a, int b, float dx) {
+    const int dot = __dp4a(w.lo, a, __dp4a(w.hi, b, 0));
+    if (TYPE == GGML_Q8_0 || TYPE == GGML_MXFP4) return __fmul_rn(w.d, dx) * (float)dot;
+    const int ones = 0x01010101;
     const int act_sum = __dp4a(ones, a, __dp4a(ones, b, 0));
-    const float d = half_to_float(w.d);
-    if (has_min) {
-        const float m = half_to_float(w.m);
-        return __fmul_rn(d, dx) * (float)dot + __fmul_rn(m, dx) * (float)act_sum;
-    }
-    const int zero = has_high ? 16 : 8;
-    return __fmul_rn(d, dx) * (float)(dot - zero * act_sum);
+    if (TYPE == GGML_Q4_1 || TYPE == GGML_Q5_1) return __fmul_rn(w.d, dx) * (float)dot + __fmul_rn(w.m, dx) * (float)act_sum;
+    const int zero = TYPE == GGML_Q5_0 ? 16 : 8;
+    return __fmul_rn(w.d, dx) * (float)(dot - zero * act_sum);
 }

@@ -16,12 +16,13 @@ template <int TYPE, int NUM_TOKENS>
 __device__ __forceinline__ void accumulate_block(float (&acc)[NUM_TOKENS], const WeightPart& w, int part,
                                                  int first, int second, int b, int num_blocks,
                                                  const i8* codes, const float* scales) {
+    const DecodedPart d = decode_part<TYPE>(w, part);  // once for all the tokens
 #pragma unroll
     for (int t = 0; t < NUM_TOKENS; ++t) {
         const i8* act = codes + ((i64)t * num_blocks + b) * 32;
         const int a = *reinterpret_cast<const int*>(act + first);
         const int c = *reinterpret_cast<const int*>(act + second);
-        acc[t] += dot_part<TYPE>(w, part, a, c, scales[(i64)t * num_blocks + b]);
+        acc[t] += dot_decoded<TYPE>(d, a, c, scales[(i64)t * num_blocks + b]);
     }
 }
 

@@ -142,7 +142,7 @@ moe_grouped_mxfp4_mma(const u8* __restrict__ w0_raw, const u8* __restrict__ w1_r
             }
             // 2^(e - 128) for the doubled values; 0 for a column or block past the end.
             const bool is_real = col_base + col < num_out && first_block + b < num_blocks;
-            if (part == 0) w_scale[w][col][b] = is_real ? ldexpf(1.0f, (int)st.exponent[i] - 128) : 0.0f;
+            if (part == 0) w_scale[w][col][b] = is_real ? e8m0_half_scale(st.exponent[i]) : 0.0f;
         }
     };
 

@@ -57,9 +57,9 @@ __global__ void moe_int8(const u8* __restrict__ w0_raw, const u8* __restrict__ w
     // with 8 rows the row loop itself has enough independent loads (and registers are dearer).
 #pragma unroll (ROWS == 1 ? 4 : 2)
     for (int b = lane >> 2; b < num_blocks; b += 8) {
-        WeightPart wp[NUM_W];
+        DecodedPart wp[NUM_W];  // decoded once for all the tile's pairs
 #pragma unroll
-        for (int w = 0; w < NUM_W; ++w) wp[w] = load_part<TYPE>(w_row[w] + b * BlockShape<TYPE>::bytes, part);
+        for (int w = 0; w < NUM_W; ++w) wp[w] = decode_part<TYPE>(load_part<TYPE>(w_row[w] + b * BlockShape<TYPE>::bytes, part), part);
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) {
             if (act_row[r] < 0) continue;  // warp-uniform
@@ -69,7 +69,7 @@ __global__ void moe_int8(const u8* __restrict__ w0_raw, const u8* __restrict__ w
             const int c = *reinterpret_cast<const int*>(act + second);
             const float dx = scales[block_index];
 #pragma unroll
-            for (int w = 0; w < NUM_W; ++w) acc[w][r] += dot_part<TYPE>(wp[w], part, a, c, dx);
+            for (int w = 0; w < NUM_W; ++w) acc[w][r] += dot_decoded<TYPE>(wp[w], a, c, dx);
         }
     }
     const i64 bias_index = (i64)expert * num_out + row;
