@@ -42,6 +42,7 @@ KQUANT_GEMV_MAX_TOKENS = int(_LIMIT_OVERRIDE or 64)  # weights made only of Q4_K
 GEMV_TILE_TOKENS = 8  # tokens per GEMV launch (its NUM_TOKENS template bound)
 GEMV_WARPS_PER_CTA = 4
 MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y
+DEQUANT_THREADS = 128  # dequantize.cu's DEQUANT_THREADS: chunks of 32 values per CTA
 TILE_ELEMENTS = 32 << 20  # fp16 scratch for one dequantized weight tile: 64 MiB
 ROUNDING_MODES = {"none": 0, "f16": 1, "bf16": 2, "q8_32": 3, "q8_256": 4}
 # A small int8 GEMV on float activations rounds them in its own launch (gemv_int8_fused): each
@@ -104,6 +105,8 @@ def dequantize_rows(
     first_row: int = 0,  # with row_ids None: rows first_row .. first_row + num_out_rows
     num_out_rows: int | None = None,
 ) -> cupy.ndarray:  # [num_out_rows, num_cols] out_dtype
+    if num_cols % 32:  # the kernel writes whole 32-value chunks
+        raise ValueError(f"CUDA dequantize needs a row width % 32 == 0, got {num_cols}")
     if row_ids is not None:
         row_ids = cupy.ascontiguousarray(row_ids, dtype=np.int32)
         num_out_rows = row_ids.shape[0]
@@ -116,7 +119,7 @@ def dequantize_rows(
     for begin in range(0, num_out_rows, MAX_GRID_Y):
         rows = min(MAX_GRID_Y, num_out_rows - begin)
         launch("dequantize.cu", f"dequantize_rows<{int(ggml_type)}, {half}>",
-               (blocks_for(num_cols // 32, 128), rows), (128,),
+               (blocks_for(num_cols // 32, DEQUANT_THREADS), rows), (DEQUANT_THREADS,),
                (segment_raw, np.int64(segment_raw.shape[1]),
                 row_ids[begin:begin + rows] if row_ids is not None else np.uint64(0),
                 np.int64(first_row + begin), np.int32(rows), np.int32(num_cols), out[begin:begin + rows]))

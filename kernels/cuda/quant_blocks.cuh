@@ -95,9 +95,13 @@ __device__ __forceinline__ void dequant_chunk32(const u8* row, int chunk, float 
     } else if (TYPE == GGML_Q8_0) {
         const u8* block = row + chunk * 34;
         const float d = half_to_float(load_u16(block));
-        const i8* qs = reinterpret_cast<const i8*>(block + 2);
+        const u16* qs = reinterpret_cast<const u16*>(block + 2);  // 2-byte aligned: 16 loads, not 32
 #pragma unroll
-        for (int i = 0; i < 32; ++i) out[i] = __fmul_rn(d, (float)qs[i]);
+        for (int i = 0; i < 16; ++i) {
+            const u16 pair = qs[i];
+            out[2 * i] = __fmul_rn(d, (float)(i8)(pair & 0xFF));
+            out[2 * i + 1] = __fmul_rn(d, (float)(i8)(pair >> 8));
+        }
     } else if (TYPE == GGML_MXFP4) {
         const u8* block = row + chunk * 17;
         const float scale = ldexpf(1.0f, (int)block[0] - 127);
