@@ -10,6 +10,9 @@
 #             fused-quantize and OOM tests on it, the decode kernel count, and the tensor-parallel
 #             GPU tests (2 GPUs: TP=2 vs TP=1 on it and on the synthetic families, the server
 #             fault tests)
+#   fidelity  (carry .devmodels/shared with goldens/ and the vocab files, .whl-extra; after models)
+#             the golden tests against llama.cpp and the e2e server tests on the CUDA backend
+#             (CUPYSERVE_TEST_DEVICE=cuda) with the real SmolLM2
 #   compare   (carry .llamacpp) the SmolLM2 shape against llama.cpp: benchmarks/cuda_compare.sh
 #   tp-8b     (carry .llamacpp) benchmarks/tp_compare.sh llama3.1-8b-q4_k
 #   tp-20b    (carry .llamacpp) benchmarks/tp_compare.sh gpt-oss-20b
@@ -53,6 +56,10 @@ for STAGE in "$@"; do
         CUPYSERVE_TEST_DEVICE=cuda timeout 100 $PYTEST tests/unit/test_tensor_parallel_server.py >"$OUT/tp-server.log" 2>&1
         summary "$OUT/tp-server.log"
       fi ;;
+    fidelity)
+      CUPYSERVE_SHARED_DIR=$PWD/.devmodels/shared CUPYSERVE_TEST_DEVICE=cuda timeout 480 \
+        $PYTEST tests/goldens tests/e2e >"$OUT/fidelity.log" 2>&1
+      summary "$OUT/fidelity.log" 40 ;;
     compare)
       OUT=$OUT/compare timeout 200 bash benchmarks/cuda_compare.sh smollm2-135m-q4_1 2>&1 | tail -24 ;;
     tp-8b)
@@ -61,6 +68,6 @@ for STAGE in "$@"; do
     tp-20b)
       NUM_SEQS=1,16,64 TP_SIZES="1 2 4" OUT=$OUT/tp-20b BUDGET_S=520 timeout 540 \
         bash benchmarks/tp_compare.sh gpt-oss-20b 2>&1 | tail -50 ;;
-    *) echo "unknown stage $STAGE (kernels, stage-a, models, compare, tp-8b, tp-20b)"; exit 2 ;;
+    *) echo "unknown stage $STAGE (kernels, stage-a, models, fidelity, compare, tp-8b, tp-20b)"; exit 2 ;;
   esac
 done

@@ -18,9 +18,9 @@ and buffer size depends only on (num_tokens, k, num_experts), never on device va
 4. larger batches: the pairs are counting-sorted by expert on the device into a buffer of
    max_row_tiles(num_pairs, E, tile_rows) * tile_rows rows whose groups are padded to tile_rows
    (16 or 64, chosen from the average group size), and a grouped GEMM walks the row tiles, each
-   owned by one expert: on tensor cores for MXFP4 (moe_grouped_mma.cu: fp16 mma over the q8
-   codes and the doubled E2M1 integers, exact, scaled per 32-block), in float32 SIMT for the
-   other types (moe_grouped.cu);
+   owned by one expert: on tensor cores for MXFP4 (moe_grouped_mma.cu: int8 mma over the q8
+   codes and the doubled E2M1 integers, exact, scaled per 32-block; a row's result does not
+   depend on the tile size), in float32 SIMT for the other types (moe_grouped.cu);
 5. the weighted sum over the k slots in rank order (moe_combine).
 
 Numerics: activations are rounded as the reference rounds them (`linear.round_activations`,
@@ -250,7 +250,7 @@ def _int8_path(x, selected, k, gate_exps, up_exps, down_exps, biases, alpha, lim
 
 
 def uses_tensor_cores(weights: ExpertWeights) -> bool:
-    """MXFP4 experts take the exact fp16-mma grouped GEMM (moe_grouped_mma.cu)."""
+    """MXFP4 experts take the exact int8-mma grouped GEMM (moe_grouped_mma.cu)."""
     return GROUPED_TENSOR_CORES and weights.ggml_type == T.MXFP4
 
 

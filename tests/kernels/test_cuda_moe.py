@@ -155,7 +155,7 @@ def test_gpt_oss_20b_layer_shape(cuda_ops, gpt_oss_20b_layer, num_tokens):
 @pytest.mark.parametrize("tensor_cores", [False, True], ids=["simt", "mma"])
 @pytest.mark.parametrize("num_tokens,num_experts,k", [(64, 4, 4), (64, 32, 4), (300, 8, 2)])
 def test_grouped_mxfp4_kernels_match_reference(cuda_ops, monkeypatch, tensor_cores, num_tokens, num_experts, k):
-    """Both grouped kernels for MXFP4 (float32 SIMT and exact fp16 mma), both row tiles (16, 64),
+    """Both grouped kernels for MXFP4 (float32 SIMT and exact int8 mma), both row tiles (16, 64),
     with moe_int8.cu switched off so that every shape reaches them."""
     from cupyserve.kernels.cuda import moe
 
@@ -235,6 +235,24 @@ def test_paths_agree_and_rows_are_batch_invariant(cuda_ops, monkeypatch):
     assert_close_to_reference(outputs["grouped"], outputs["gemv"])  # summation order only
     assert_close_to_reference(outputs["int8 per pair"], outputs["gemv"])
     np.testing.assert_array_equal(outputs["int8 sorted"], outputs["int8 per pair"])
+
+
+def test_mma_rows_do_not_depend_on_the_tile_size(cuda_ops, monkeypatch):
+    """The int8 mma kernel sums each output in the same order whatever the tile (16 or 64 rows)
+    and the other rows of the tile: the two tile sizes agree bit for bit, over a width that is
+    not a multiple of the CTA's 64 columns nor of its 4-block groups (hidden 160: 5 blocks)."""
+    from cupyserve.kernels.cuda import moe
+
+    monkeypatch.setattr(moe, "INT8_TYPES", frozenset())
+    rng = np.random.default_rng(5)
+    raws, dense, biases = make_layer(T.MXFP4, 4, 160, 224, rng)
+    x, logits = make_inputs(dense, 90, 4, rng)
+    outputs = []
+    for tile_rows in (moe.SMALL_TILE_ROWS, moe.LARGE_TILE_ROWS):
+        monkeypatch.setattr(moe, "tile_rows_for", lambda num_pairs, num_experts, rows=tile_rows: rows)
+        outputs.append(run_cuda(cuda_ops, raws, dense, biases, T.MXFP4, x, logits, 3))
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    assert_close_to_reference(outputs[0], run_reference(raws, dense, biases, T.MXFP4, x, logits, 3))
 
 
 @pytest.mark.parametrize("num_tokens", [4, 100])
