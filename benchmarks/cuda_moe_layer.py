@@ -6,7 +6,8 @@ events around each call, median of `--repeats` after one warm-up call.
 
 Variants, for comparing the paths on one machine: `auto` (the launcher's choice), `no-int8`
 (moe_int8.cu switched off: the float GEMV and the grouped GEMM take its sizes), `all-int8`
-(moe_int8.cu at every size, past INT8_MAX_AVERAGE_GROUP too).
+(moe_int8.cu at every size, past its tuned limits too), `mma-gbN` (auto, with the 16-row int8 mma
+tiles loading N blocks ahead: moe.MMA_GROUP_BLOCKS[1] = N, one of 2, 3, 4).
 
 The layer's share of a decode step is this time x 24 layers; llama.cpp's whole-model numbers on
 this layout are in issue 6 (302 tok/s at batch 1, 2,258 tok/s at 64 sequences).
@@ -53,13 +54,18 @@ def main() -> None:
     biases = {name: cupy.asarray(rng.standard_normal((NUM_EXPERTS, w)).astype(np.float32) * 0.1)
               for name, w in (("gate", FFN), ("up", FFN), ("down", HIDDEN))}
     results = []
-    int8_types, int8_max_group = moe.INT8_TYPES, moe.INT8_MAX_AVERAGE_GROUP
+    int8_types, limits = moe.INT8_TYPES, (moe.INT8_MAX_AVERAGE_GROUP, moe.INT8_MAX_AVERAGE_GROUP_MMA)
+    group_blocks = dict(moe.MMA_GROUP_BLOCKS)
     variants = args.variants.split(",")
     for num_tokens, variant in [(int(t), v) for t in args.tokens.split(",") for v in variants]:
-        if variant not in ("auto", "no-int8", "all-int8"):
+        if variant not in ("auto", "no-int8", "all-int8", "mma-gb2", "mma-gb3", "mma-gb4"):
             raise SystemExit(f"unknown variant {variant!r}")
         moe.INT8_TYPES = frozenset() if variant == "no-int8" else int8_types
-        moe.INT8_MAX_AVERAGE_GROUP = 1 << 30 if variant == "all-int8" else int8_max_group
+        moe.INT8_MAX_AVERAGE_GROUP, moe.INT8_MAX_AVERAGE_GROUP_MMA = (
+            (1 << 30, 1 << 30) if variant == "all-int8" else limits)
+        moe.MMA_GROUP_BLOCKS = dict(group_blocks)
+        if variant.startswith("mma-gb"):
+            moe.MMA_GROUP_BLOCKS[1] = int(variant[len("mma-gb"):])
         x = cupy.asarray(rng.standard_normal((num_tokens, HIDDEN)).astype(np.float32) * 0.1)
         logits = cupy.asarray(rng.standard_normal((num_tokens, NUM_EXPERTS)).astype(np.float32))
         call_args = (x, logits, experts["gate"], biases["gate"], experts["up"], biases["up"],
@@ -74,7 +80,7 @@ def main() -> None:
             stop.synchronize()
             times.append(cupy.cuda.get_elapsed_time(start, stop))
         median_ms = statistics.median(times)
-        if moe.uses_int8_tiles(MXFP4, num_tokens * NUM_EXPERTS_USED, NUM_EXPERTS):
+        if moe.uses_int8_tiles(MXFP4, num_tokens * NUM_EXPERTS_USED, NUM_EXPERTS, num_tokens):
             path = "int8 per pair" if num_tokens <= moe.GEMV_MAX_TOKENS else "int8 sorted"
         else:
             path = "gemv" if num_tokens <= moe.GEMV_MAX_TOKENS else "grouped"

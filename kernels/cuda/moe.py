@@ -7,7 +7,7 @@ and buffer size depends only on (num_tokens, k, num_experts), never on device va
 
 1. routing (moe_route.cu): top-k experts per token and the softmax over their k logits;
 2. experts whose blocks have an int8 dot (MXFP4, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1), while the
-   average expert group is below INT8_MAX_AVERAGE_GROUP pairs (`uses_int8_tiles`): the activations become q8_32
+   average expert group is below a tuned limit (`uses_int8_tiles`): the activations become q8_32
    codes and moe_int8.cu runs a warp per expert output row over a tile of pairs, an exact dp4a
    dot per block: one pair a tile, read from `selected` itself, up to GEMV_MAX_TOKENS tokens
    (decode: no sort); past that, tiles of INT8_TILE_ROWS pairs of one expert from the counting
@@ -57,10 +57,14 @@ GEMV_MAX_TOKENS = 8  # larger batches take the grouped GEMM (or grouped int8 til
 # fewer, fuller tiles read less; 8 keeps its accumulators in registers (115 at sm_90, no spills).
 INT8_TILE_ROWS = 8
 # moe_int8.cu takes the layer while the average expert group (pairs / all experts) is below this;
-# past it the grouped GEMM's large tiles, which read each weight block once per 64 rows. Measured
-# on the H100 (gpt-oss-20b layer, benchmarks/cuda_moe_layer.py, docs/benchmarks.md): sorted int8
-# tiles 1.20-1.31 ms vs grouped 1.48 ms at 16 tokens (group 2), 3.1 vs 1.31 ms at 64 (group 8).
+# past it the grouped GEMM. Measured on the H100 against the float32 SIMT-era grouped GEMM
+# (gpt-oss-20b layer, benchmarks/cuda_moe_layer.py, docs/benchmarks.md): sorted int8 tiles
+# 1.20-1.31 ms vs grouped 1.48 ms at 16 tokens (group 2), 3.1 vs 1.31 ms at 64 (group 8).
 INT8_MAX_AVERAGE_GROUP = 2.5
+# The same limit for the sorted tiles (past GEMV_MAX_TOKENS) of MXFP4 experts, whose grouped GEMM
+# is the int8 mma kernel: on the H100 it beats the sorted tiles from 9 tokens on (0.43 against
+# 0.65 ms a layer at 9 tokens, 0.48 against 0.83 at 16), so they never take MXFP4 by default.
+INT8_MAX_AVERAGE_GROUP_MMA = 0.0
 INT8_WARPS_PER_CTA = 4
 # Expert types moe_int8.cu takes (dot_q8.cuh): linear's int8-dot types, plus MXFP4, whose
 # activations the reference also rounds to q8_32 codes.
@@ -75,6 +79,11 @@ GROUPED_THREADS = 256  # both grouped kernels
 # MXFP4 experts in the grouped path use tensor cores (exact integer products, see
 # moe_grouped_mma.cu); False sends them through the float32 SIMT kernel like the other types.
 GROUPED_TENSOR_CORES = True
+# Blocks of K a warp of moe_grouped_mma.cu loads ahead of its mma, by ROWS (row tile / 16): 16-row
+# tiles do little work per block, so they keep more blocks in flight to cover a memory latency;
+# 64-row tiles hold four times the activation fragments a block (nvcc sm_90: 128 / 250 registers,
+# no spills; 6 or 8 blocks spill at 16 rows).
+MMA_GROUP_BLOCKS = {1: 4, 4: 2}
 _NULL = np.uint64(0)
 
 
@@ -208,11 +217,17 @@ def _gemv_path(x, selected, k, gate_exps, up_exps, down_exps, biases, alpha, lim
     return y
 
 
-def uses_int8_tiles(ggml_type: int, num_pairs: int, num_experts: int) -> bool:
+def uses_int8_tiles(ggml_type: int, num_pairs: int, num_experts: int, num_tokens: int) -> bool:
     """moe_int8.cu takes the layer: an int8-dot type, and groups (pairs / all experts) below
-    INT8_MAX_AVERAGE_GROUP on average, where re-reading a weight row per tile of INT8_TILE_ROWS
-    costs less than the grouped GEMM's padding and slower weight stream."""
-    return ggml_type in INT8_TYPES and num_pairs < INT8_MAX_AVERAGE_GROUP * num_experts
+    INT8_MAX_AVERAGE_GROUP on average, where re-reading a weight row per tile costs less than the
+    grouped GEMM's padding and weight stream; INT8_MAX_AVERAGE_GROUP_MMA instead for sorted tiles
+    (past GEMV_MAX_TOKENS) of experts that the tensor-core grouped GEMM takes."""
+    if ggml_type not in INT8_TYPES:
+        return False
+    is_sorted = num_tokens > GEMV_MAX_TOKENS
+    has_mma = GROUPED_TENSOR_CORES and ggml_type == T.MXFP4
+    limit = INT8_MAX_AVERAGE_GROUP_MMA if is_sorted and has_mma else INT8_MAX_AVERAGE_GROUP
+    return num_pairs < limit * num_experts
 
 
 def _int8_matmul(
@@ -273,7 +288,8 @@ def _grouped_matmul(
     tail = (np.int32(act_div), bias0, bias1, alpha, limit, out)
     if uses_tensor_cores(weights):
         codes, scales = quantize_q8_32(act)
-        launch("moe_grouped_mma.cu", f"moe_grouped_mxfp4_mma<{gate_up}, {tile_rows // 16}>", grid,
+        rows = tile_rows // 16
+        launch("moe_grouped_mma.cu", f"moe_grouped_mxfp4_mma<{gate_up}, {rows}, {MMA_GROUP_BLOCKS[rows]}>", grid,
                (GROUPED_THREADS,), head + (codes, scales) + tail)
     else:
         rounded = round_activations(act, weights.rounding)
@@ -327,7 +343,7 @@ def moe_ffn(
     k = num_experts_used
     selected, weights = route(router_logits, k, held)  # [num_tokens, k] local ids or -1, weights
     tail = (gate_exps, up_exps, down_exps, biases, np.float32(swiglu_alpha), np.float32(swiglu_limit))
-    if (uses_int8_tiles(gate_exps.ggml_type, selected.size, num_routed)
+    if (uses_int8_tiles(gate_exps.ggml_type, selected.size, num_routed, num_tokens)
             and down_exps.ggml_type in INT8_TYPES):
         y = _int8_path(x, selected, k, *tail)  # [num_tokens * k, hidden]
     elif num_tokens <= GEMV_MAX_TOKENS:

@@ -21,11 +21,6 @@
 
 #define MMA_TILE_N 64   // columns of a CTA: 8 warps x 8
 #define MMA_THREADS 256
-// Blocks a warp loads ahead of its mma (one group in flight while the previous one is used):
-// 16-row tiles need more blocks in flight to cover a memory latency with their little work per
-// block; 64-row tiles hold four times the activation fragments per block.
-template <int ROWS>
-struct GroupBlocks { static constexpr int value = ROWS == 1 ? 4 : 2; };
 
 // The 4 bytes at byte address p, which may be unaligned (17-byte MXFP4 blocks): two aligned
 // word loads (the second skipped when p is aligned) joined by a funnel shift.
@@ -57,7 +52,9 @@ struct Group {
 //   bias0, bias1: [num_experts, num_out] float32 or null;  out: [num_pairs, num_out] float32
 // Rows without a pair and columns past num_out read row 0 / column num_out - 1 (real memory) and
 // are never stored, so the loads need no predicates.
-template <int GATE_UP, int ROWS>
+// GB: blocks a warp loads ahead of its mma (one group in flight while the previous one is used;
+// moe.py MMA_GROUP_BLOCKS).
+template <int GATE_UP, int ROWS, int GB>
 __global__ void __launch_bounds__(MMA_THREADS, ROWS == 1 ? 2 : 1)
 moe_grouped_mxfp4_mma(const u8* __restrict__ w0_raw, const u8* __restrict__ w1_raw, i64 expert_bytes,
                       i64 row_bytes, int num_out, int num_blocks, const int* __restrict__ tile_expert,
@@ -66,7 +63,6 @@ moe_grouped_mxfp4_mma(const u8* __restrict__ w0_raw, const u8* __restrict__ w1_r
                       const float* __restrict__ bias1, float alpha, float limit, float* __restrict__ out) {
     constexpr int NUM_W = GATE_UP ? 2 : 1;
     constexpr int TILE_M = 16 * ROWS;
-    constexpr int GB = GroupBlocks<ROWS>::value;
     using GroupT = Group<ROWS, NUM_W, GB>;
     const int expert = tile_expert[blockIdx.x];
     if (expert < 0) return;  // whole CTA

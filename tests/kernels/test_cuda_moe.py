@@ -123,6 +123,7 @@ def test_moe_matches_float64_and_reference(cuda_ops, monkeypatch, num_tokens, hi
         if ggml_type not in moe.INT8_TYPES:
             pytest.skip("no int8 dot for this type: the same path as auto")
         monkeypatch.setattr(moe, "INT8_MAX_AVERAGE_GROUP", 1 << 30)
+        monkeypatch.setattr(moe, "INT8_MAX_AVERAGE_GROUP_MMA", 1 << 30)
     rng = np.random.default_rng([num_tokens, hidden, ffn, num_experts, k, int(ggml_type)])
     raws, dense, biases = make_layer(ggml_type, num_experts, hidden, ffn, rng)
     x, logits = make_inputs(dense, num_tokens, num_experts, rng)
@@ -227,6 +228,7 @@ def test_paths_agree_and_rows_are_batch_invariant(cuda_ops, monkeypatch):
         monkeypatch.setattr(moe, "GEMV_MAX_TOKENS", gemv_max)
         monkeypatch.setattr(moe, "INT8_TYPES", int8_types if is_int8 else frozenset())
         monkeypatch.setattr(moe, "INT8_MAX_AVERAGE_GROUP", 1 << 30)  # sorted tiles at 40 tokens too
+        monkeypatch.setattr(moe, "INT8_MAX_AVERAGE_GROUP_MMA", 1 << 30)
         batch = run_cuda(cuda_ops, raws, dense, biases, T.MXFP4, x, logits, 3)
         for row in (0, 17, 39):
             alone = run_cuda(cuda_ops, raws, dense, biases, T.MXFP4, x[row:row + 1], logits[row:row + 1], 3)

@@ -53,11 +53,12 @@ def force_path(moe, monkeypatch, path: str) -> int:
     num_tokens, is_int8, tensor_cores, tile_rows = PATHS[path]
     if is_int8:  # sorted int8 tiles at every group size, not only below the tuned limit
         monkeypatch.setattr(moe, "INT8_MAX_AVERAGE_GROUP", 1 << 30)
+        monkeypatch.setattr(moe, "INT8_MAX_AVERAGE_GROUP_MMA", 1 << 30)
     else:
         monkeypatch.setattr(moe, "INT8_TYPES", frozenset())
     monkeypatch.setattr(moe, "GROUPED_TENSOR_CORES", tensor_cores)
     assert (num_tokens <= moe.GEMV_MAX_TOKENS) == (tile_rows is None)
-    assert moe.uses_int8_tiles(T.MXFP4, num_tokens * K, NUM_EXPERTS) == is_int8
+    assert moe.uses_int8_tiles(T.MXFP4, num_tokens * K, NUM_EXPERTS, num_tokens) == is_int8
     if is_int8 and tile_rows is not None:
         assert tile_rows == moe.INT8_TILE_ROWS
     elif tile_rows is not None:
