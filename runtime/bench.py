@@ -134,6 +134,9 @@ async def _serving_level(client, url: str, model: str, concurrency: int, num_req
             start = time.perf_counter()
             last = None
             async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
+                if response.status_code != 200:  # a failed request must not pass as a fast one
+                    detail = (await response.aread()).decode(errors="replace")[:500]
+                    raise RuntimeError(f"request failed with HTTP {response.status_code}: {detail}")
                 async for line in response.aiter_lines():
                     if not line.startswith("data: ") or line == "data: [DONE]":
                         continue
@@ -154,6 +157,7 @@ async def _serving_level(client, url: str, model: str, concurrency: int, num_req
     return {"concurrency": concurrency, "num_requests": num_requests,
             "ttft_ms_p50": pct(ttfts, 50), "ttft_ms_p99": pct(ttfts, 99),
             "itl_ms_p50": pct(itls, 50), "itl_ms_p99": pct(itls, 99),
+            "num_output_tokens": len(itls) + len(ttfts),
             "output_tokens_per_s": round((len(itls) + len(ttfts)) / elapsed, 1)}
 
 
