@@ -51,7 +51,7 @@ def old_float_path(x: cupy.ndarray, weight) -> cupy.ndarray:  # [num_tokens, out
     out = cupy.empty((num_tokens, weight.out_features), dtype=np.float32)
     rounded = linear.round_activations(x, "q8_256")
     for seg in weight.segments:
-        launch("gemv_float.cu", f"gemv_float<{int(seg.ggml_type)}, {num_tokens}>",
+        launch("gemv_float.cu", f"gemv_float<{int(seg.ggml_type)}, {num_tokens}, 1>",
                (blocks_for(seg.num_rows, linear.GEMV_WARPS_PER_CTA),), (32 * linear.GEMV_WARPS_PER_CTA,),
                (seg.raw, np.int64(seg.row_bytes), np.int32(seg.num_rows), np.int32(num_cols // 32),
                 rounded, np.uint64(0), out[:, seg.row_begin:], np.int64(out.shape[1])))

@@ -34,6 +34,19 @@ __device__ __forceinline__ int load_i32_2aligned(const u8* p) {
     return (int)((u32)q[0] | ((u32)q[1] << 16));
 }
 
+// The 4 bytes at byte address p, which may sit at any offset (17-byte MXFP4 blocks): two aligned
+// word loads (the second skipped when p is aligned) joined by a funnel shift; 3 load instructions
+// fewer than byte loads. Both words hold a byte of p..p+3, so neither can cross into an unmapped
+// page.
+__device__ __forceinline__ u32 load_u32_unaligned(const u8* p) {
+    const unsigned long long address = (unsigned long long)p;
+    const u32* word = reinterpret_cast<const u32*>(address & ~3ull);
+    const u32 shift = 8u * (u32)(address & 3ull);
+    const u32 lo = __ldg(word);
+    const u32 hi = shift ? __ldg(word + 1) : 0u;
+    return __funnelshift_r(lo, hi, shift);
+}
+
 __device__ __forceinline__ float neg_infinity() { return __int_as_float(0xff800000); }
 
 __device__ __forceinline__ float warp_sum(float v) {

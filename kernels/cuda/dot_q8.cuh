@@ -30,13 +30,12 @@ __device__ __forceinline__ WeightPart load_part(const u8* block, int part) {
     const bool has_high = TYPE == GGML_Q5_0 || TYPE == GGML_Q5_1;
     WeightPart w;
     if (TYPE == GGML_MXFP4) {
-        // 17-byte blocks sit at any byte offset: byte loads (the warp's 8 blocks are one
-        // contiguous 136-byte span, so they still coalesce).
-        const u8* qs = block + 1 + 4 * part;
+        // 17-byte blocks sit at any byte offset (the warp's 8 blocks are one contiguous 136-byte
+        // span, so the loads still coalesce).
         w.d = block[0];
         w.m = 0;
         w.qh = 0u;
-        w.q0 = (int)((u32)qs[0] | ((u32)qs[1] << 8) | ((u32)qs[2] << 16) | ((u32)qs[3] << 24));
+        w.q0 = (int)load_u32_unaligned(block + 1 + 4 * part);
         w.q1 = 0;
         return w;
     }

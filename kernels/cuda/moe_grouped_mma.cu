@@ -22,17 +22,6 @@
 #define MMA_TILE_N 64   // columns of a CTA: 8 warps x 8
 #define MMA_THREADS 256
 
-// The 4 bytes at byte address p, which may be unaligned (17-byte MXFP4 blocks): two aligned
-// word loads (the second skipped when p is aligned) joined by a funnel shift.
-__device__ __forceinline__ u32 load_u32_any(const u8* p) {
-    const unsigned long long address = (unsigned long long)p;
-    const u32* word = reinterpret_cast<const u32*>(address & ~3ull);
-    const u32 shift = 8u * (u32)(address & 3ull);
-    const u32 lo = __ldg(word);
-    const u32 hi = shift ? __ldg(word + 1) : 0u;
-    return __funnelshift_r(lo, hi, shift);
-}
-
 // One warp's registers for GB consecutive blocks: its weight bytes and its activation fragments.
 template <int ROWS, int NUM_W, int GB>
 struct Group {
@@ -92,7 +81,7 @@ moe_grouped_mxfp4_mma(const u8* __restrict__ w0_raw, const u8* __restrict__ w1_r
             for (int w = 0; w < NUM_W; ++w) {
                 const u8* blk = w_row[w] + 17 * block;
                 grp.exponent[w][b] = __ldg(blk);
-                grp.packed[w][b] = load_u32_any(blk + 1 + 4 * t);
+                grp.packed[w][b] = load_u32_unaligned(blk + 1 + 4 * t);
             }
 #pragma unroll
             for (int r = 0; r < ROWS; ++r)

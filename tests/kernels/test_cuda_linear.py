@@ -81,6 +81,27 @@ def test_strided_input_and_small_batch_invariance(cuda_ops):
     np.testing.assert_array_equal(batched[3:4], alone)
 
 
+@pytest.mark.parametrize("ggml_type", FLOAT_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("rows,cols", [(32, 2880), (7, 9600), (600, 2880)])
+def test_float_gemv_split_rows_match_reference_and_batch(cuda_ops, ggml_type, rows, cols):
+    """gemv_float splits a row over a CTA's warps for matrices of few rows (the gpt-oss router's
+    32 x 2880): it still matches the reference, and a token's row is the same alone or among 8."""
+    import cupy
+
+    from cupyserve.kernels.cuda import linear
+
+    assert (rows <= linear.GEMV_FLOAT_SPLIT_MAX_ROWS) == (rows < 600)
+    rng = np.random.default_rng([int(ggml_type), rows, cols])
+    raw = random_weight(ggml_type, rows, cols, rng)
+    x = rng.standard_normal((8, cols), dtype=np.float32)
+    expected = reference.linear(x, reference.load_weight([raw], [ggml_type], cols))
+    weight = cuda_ops.load_weight([raw], [ggml_type], cols)
+    batched = cupy.asnumpy(cuda_ops.linear(cupy.asarray(x), weight))
+    assert rel_error(batched, expected) < GEMV_TOLERANCE
+    alone = cupy.asnumpy(cuda_ops.linear(cupy.asarray(x[5:6]), weight))
+    np.testing.assert_array_equal(batched[5:6], alone)
+
+
 @pytest.mark.parametrize("ggml_type", ALL_TYPES, ids=lambda t: t.name)
 def test_embedding_gather(cuda_ops, ggml_type):
     import cupy
