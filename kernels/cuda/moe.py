@@ -57,9 +57,11 @@ GEMV_MAX_TOKENS = 8  # larger batches take the grouped GEMM (or grouped int8 til
 # fewer, fuller tiles read less; 8 keeps its accumulators in registers (115 at sm_90, no spills).
 INT8_TILE_ROWS = 8
 # moe_int8.cu takes the layer while the average expert group (pairs / all experts) is below this;
-# past it the grouped GEMM. Measured on the H100 against the float32 SIMT-era grouped GEMM
-# (gpt-oss-20b layer, benchmarks/cuda_moe_layer.py, docs/benchmarks.md): sorted int8 tiles
-# 1.20-1.31 ms vs grouped 1.48 ms at 16 tokens (group 2), 3.1 vs 1.31 ms at 64 (group 8).
+# past it the grouped GEMM. Measured on the H100 for MXFP4 against the earlier fp16 mma grouped
+# GEMM (gpt-oss-20b layer, benchmarks/cuda_moe_layer.py, docs/benchmarks.md): sorted int8 tiles
+# 1.20-1.31 ms vs grouped 1.48 ms at 16 tokens (group 2), 3.1 vs 1.31 ms at 64 (group 8). Past
+# GEMV_MAX_TOKENS it now governs only the types whose grouped GEMM is the float32 SIMT kernel,
+# where it has not been measured.
 INT8_MAX_AVERAGE_GROUP = 2.5
 # The same limit for the sorted tiles (past GEMV_MAX_TOKENS) of MXFP4 experts, whose grouped GEMM
 # is the int8 mma kernel: on the H100 it beats the sorted tiles from 9 tokens on (0.43 against
@@ -225,8 +227,7 @@ def uses_int8_tiles(ggml_type: int, num_pairs: int, num_experts: int, num_tokens
     if ggml_type not in INT8_TYPES:
         return False
     is_sorted = num_tokens > GEMV_MAX_TOKENS
-    has_mma = GROUPED_TENSOR_CORES and ggml_type == T.MXFP4
-    limit = INT8_MAX_AVERAGE_GROUP_MMA if is_sorted and has_mma else INT8_MAX_AVERAGE_GROUP
+    limit = INT8_MAX_AVERAGE_GROUP_MMA if is_sorted and uses_tensor_cores(ggml_type) else INT8_MAX_AVERAGE_GROUP
     return num_pairs < limit * num_experts
 
 
@@ -264,9 +265,9 @@ def _int8_path(x, selected, k, gate_exps, up_exps, down_exps, biases, alpha, lim
     return y
 
 
-def uses_tensor_cores(weights: ExpertWeights) -> bool:
+def uses_tensor_cores(ggml_type: int) -> bool:
     """MXFP4 experts take the exact int8-mma grouped GEMM (moe_grouped_mma.cu)."""
-    return GROUPED_TENSOR_CORES and weights.ggml_type == T.MXFP4
+    return GROUPED_TENSOR_CORES and ggml_type == T.MXFP4
 
 
 def _grouped_matmul(
@@ -286,7 +287,7 @@ def _grouped_matmul(
             np.int64(weights.row_bytes), np.int32(num_out), np.int32(weights.in_features // 32),
             tile_expert, sorted_pairs)
     tail = (np.int32(act_div), bias0, bias1, alpha, limit, out)
-    if uses_tensor_cores(weights):
+    if uses_tensor_cores(weights.ggml_type):
         codes, scales = quantize_q8_32(act)
         rows = tile_rows // 16
         launch("moe_grouped_mma.cu", f"moe_grouped_mxfp4_mma<{gate_up}, {rows}, {MMA_GROUP_BLOCKS[rows]}>", grid,
